@@ -1,0 +1,209 @@
+"""The public functions: ``conv_transpose`` and its rank-checked aliases."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.typing import ArrayLike
+
+from . import _formulations
+from ._shapes import IntOrSeq, PaddingLike, make_spec
+
+__all__ = ["conv_transpose", "conv_transpose1d", "conv_transpose2d", "conv_transpose3d"]
+
+METHODS = ("auto", *_formulations.FORMULATIONS)
+
+
+def _check_array(name: str, value) -> jax.Array:
+    if isinstance(value, (str, bytes)) or value is None:
+        raise TypeError(f"{name} must be an array, got {value!r}")
+    try:
+        arr = jnp.asarray(value)
+    except (TypeError, ValueError) as e:
+        raise TypeError(f"{name} must be an array, got {type(value).__name__}: {e}") from None
+    if not jnp.issubdtype(arr.dtype, jnp.floating):
+        raise TypeError(
+            f"{name} must have a floating dtype (float16, bfloat16, float32, float64), "
+            f"got {arr.dtype}; cast it first, e.g. {name}.astype(jnp.float32)"
+        )
+    return arr
+
+
+def conv_transpose(
+    input: ArrayLike,
+    weight: ArrayLike,
+    bias: ArrayLike | None = None,
+    stride: IntOrSeq = 1,
+    padding: PaddingLike = 0,
+    output_padding: IntOrSeq = 0,
+    groups: int = 1,
+    dilation: IntOrSeq = 1,
+    *,
+    output_size: Sequence[int] | int | None = None,
+    method: str = "auto",
+    channels_last: bool = False,
+    precision: jax.lax.PrecisionLike = None,
+    preferred_element_type: jax.typing.DTypeLike | None = None,
+) -> jax.Array:
+    """Transposed convolution with PyTorch's arguments, numbers and weight layout.
+
+    Equals ``torch.nn.functional.conv_transpose{1,2,3}d`` (same positional order
+    and meaning) for 1, 2 and 3 spatial dimensions, and extends to any number.
+
+    Args:
+      input: ``[N, C_in, *spatial]`` or unbatched ``[C_in, *spatial]``
+        (channels-last: ``[N, *spatial, C_in]`` or ``[*spatial, C_in]``).
+      weight: ``[C_in, C_out / groups, *kernel]``, PyTorch's ``ConvTranspose``
+        layout (channels-last: ``[*kernel, C_in, C_out / groups]``, i.e.
+        ``jnp.moveaxis(w, (0, 1), (-2, -1))`` of the PyTorch weight).
+      bias: optional ``[C_out]``.
+      stride: int or one per spatial dimension.
+      padding: int or one per dimension (PyTorch's: crops ``p`` from each side
+        of the result); per-side pairs ``((lo, hi), ...)``; or ``"SAME"``
+        (``output = input * stride``; when ``dilation * (k - 1) + 1 - stride``
+        is odd the extra pixel is cropped from the high end, as in TensorFlow
+        and ``lax.conv_transpose``) or ``"VALID"``
+        (``output = input * stride + max(dilation * (k - 1) + 1 - stride, 0)``).
+      output_padding: extra size added on the high side of each dimension; must
+        be smaller than stride or dilation, as in PyTorch.
+      groups: blocked connections from input to output channels.
+      dilation: kernel dilation, int or one per dimension.
+      output_size: the wanted spatial output size (leading batch/channel sizes
+        are ignored), as in ``torch.nn.ConvTranspose2d.forward(x, output_size)``;
+        it sets ``output_padding`` and excludes a non-zero one.
+      method: ``"auto"`` or a formulation: ``"vjp"``, ``"lhs_dilated"``,
+        ``"zero_insertion"`` (see :data:`jaxdeconv.FORMULATIONS`).
+      channels_last: layout of input, weight and output (see above).
+      precision: passed to ``lax.conv_general_dilated``.
+      preferred_element_type: accumulation and output dtype, passed to ``lax``.
+
+    Returns:
+      ``[N, C_out, *out]`` (or its unbatched / channels-last form), where per
+      dimension ``out = (in - 1) * stride - pad_lo - pad_hi + dilation * (k - 1)
+      + output_padding + 1``. The dtype is the promoted input/weight dtype unless
+      ``preferred_element_type`` is given.
+
+    Raises:
+      ValueError, TypeError: for any argument PyTorch rejects, and for bad
+        extensions, before anything reaches XLA.
+
+    Unlike ``lax.conv_transpose`` (and Flax's ``ConvTranspose``), an integer
+    ``padding`` is PyTorch's forward-conv padding, not the padding of the
+    dilated input, and the kernel is flipped and channel-swapped as PyTorch's
+    gradient convention requires, so PyTorch weights load unchanged.
+
+    Examples:
+      The seed's worked example:
+
+      >>> import jax.numpy as jnp
+      >>> x = jnp.array([[[[4., 4., 3.], [0., 3., 4.], [2., 3., 2.]]]])
+      >>> w = jnp.array([[[[1., 2.], [0., 1.]]]])
+      >>> conv_transpose(x, w)[0, 0]
+      Array([[ 4., 12., 11.,  6.],
+             [ 0.,  7., 14., 11.],
+             [ 2.,  7., 11.,  8.],
+             [ 0.,  2.,  3.,  2.]], dtype=float32)
+      >>> conv_transpose(x, w, padding=1)[0, 0]
+      Array([[ 7., 14.],
+             [ 7., 11.]], dtype=float32)
+    """
+    if not isinstance(method, str) or method not in METHODS:
+        raise ValueError(f"method={method!r} is not one of {METHODS}")
+    x = _check_array("input", input)
+    w = _check_array("weight", weight)
+    if w.ndim < 3:
+        raise ValueError(
+            f"weight must have shape [C_in, C_out/groups, *kernel] with at least one "
+            f"spatial dimension, got weight.shape={w.shape}"
+        )
+    ndim = w.ndim - 2
+    unbatched = x.ndim == ndim + 1
+    if unbatched:
+        x = x[None]
+    spec = make_spec(
+        x.shape,
+        w.shape,
+        stride,
+        padding,
+        output_padding,
+        groups,
+        dilation,
+        output_size=output_size,
+        channels_last=channels_last,
+    )
+    b = None
+    if bias is not None:
+        b = _check_array("bias", bias)
+        if b.shape != (spec.out_channels,):
+            raise ValueError(
+                f"bias.shape={b.shape} must be ({spec.out_channels},), one value per output channel"
+            )
+    dtype = jnp.result_type(x.dtype, w.dtype)
+    x, w = x.astype(dtype), w.astype(dtype)
+    name = _formulations.choose(spec) if method == "auto" else method
+    y = _formulations.FORMULATIONS[name](
+        x, w, spec, precision=precision, preferred_element_type=preferred_element_type
+    )
+    if b is not None:
+        shape = [1] * y.ndim
+        shape[spec.channel_axis] = spec.out_channels
+        y = y + b.astype(y.dtype).reshape(shape)
+    return y[0] if unbatched else y
+
+
+def _ranked(n: int):
+    def fn(
+        input: ArrayLike,
+        weight: ArrayLike,
+        bias: ArrayLike | None = None,
+        stride: IntOrSeq = 1,
+        padding: PaddingLike = 0,
+        output_padding: IntOrSeq = 0,
+        groups: int = 1,
+        dilation: IntOrSeq = 1,
+        *,
+        output_size: Sequence[int] | int | None = None,
+        method: str = "auto",
+        channels_last: bool = False,
+        precision: jax.lax.PrecisionLike = None,
+        preferred_element_type: jax.typing.DTypeLike | None = None,
+    ) -> jax.Array:
+        w_ndim, x_ndim = np.ndim(weight), np.ndim(input)
+        if w_ndim != n + 2 or x_ndim not in (n + 1, n + 2):
+            raise ValueError(
+                f"conv_transpose{n}d expects a weight of rank {n + 2} and an input of rank "
+                f"{n + 1} (unbatched) or {n + 2} (batched), got weight.shape="
+                f"{np.shape(weight)} and input.shape={np.shape(input)}"
+            )
+        return conv_transpose(
+            input,
+            weight,
+            bias,
+            stride,
+            padding,
+            output_padding,
+            groups,
+            dilation,
+            output_size=output_size,
+            method=method,
+            channels_last=channels_last,
+            precision=precision,
+            preferred_element_type=preferred_element_type,
+        )
+
+    fn.__name__ = fn.__qualname__ = f"conv_transpose{n}d"
+    fn.__doc__ = (
+        f"``torch.nn.functional.conv_transpose{n}d`` for JAX: :func:`conv_transpose` "
+        f"restricted to {n} spatial dimension(s).\n\n"
+        f"Raises:\n  ValueError: if ``weight`` is not of rank {n + 2} or ``input`` not of "
+        f"rank {n + 1} or {n + 2}.\n"
+    )
+    return fn
+
+
+conv_transpose1d = _ranked(1)
+conv_transpose2d = _ranked(2)
+conv_transpose3d = _ranked(3)
