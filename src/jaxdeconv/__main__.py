@@ -1,5 +1,8 @@
+"""``python -m jaxdeconv <command>``: the same as the ``jaxdeconv`` console script."""
+
 import sys
 
 from ._cli import main
 
-sys.exit(main())
+if __name__ == "__main__":
+    sys.exit(main())
