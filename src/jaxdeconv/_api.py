@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import os
 from collections.abc import Sequence
 
 import jax
@@ -10,11 +12,73 @@ import numpy as np
 from jax.typing import ArrayLike
 
 from . import _formulations
-from ._shapes import IntOrSeq, PaddingLike, make_spec
+from ._shapes import (
+    ConvTransposeSpec,
+    IntOrSeq,
+    PaddingLike,
+    _check_static,
+    make_spec,
+    spatial_output_size,
+)
 
 __all__ = ["conv_transpose", "conv_transpose1d", "conv_transpose2d", "conv_transpose3d"]
 
 METHODS = ("auto", *_formulations.FORMULATIONS)
+
+ZERO_INSERTION_MAX_BYTES = 1 << 30
+"""Default bound (1 GiB) on what ``method="zero_insertion"`` may materialize.
+
+The zero-inserted, padded input plus the dilated kernel, in bytes. The
+environment variable ``JAXDECONV_ZERO_INSERTION_MAX_BYTES`` overrides it (an
+int number of bytes, or ``none`` for no bound); it is read on every call (at
+trace time under ``jit``).
+"""
+ZERO_INSERTION_ENV = "JAXDECONV_ZERO_INSERTION_MAX_BYTES"
+
+
+def zero_insertion_max_bytes() -> int | None:
+    """The bound in force: the environment variable if set, else the default.
+
+    Returns:
+      A number of bytes, or ``None`` for no bound.
+
+    Raises:
+      ValueError: if the environment variable is neither a non-negative int nor
+        ``none``.
+    """
+    raw = os.environ.get(ZERO_INSERTION_ENV, "").strip()
+    if not raw:
+        return ZERO_INSERTION_MAX_BYTES
+    if raw.lower() in ("none", "inf", "unlimited"):
+        return None
+    try:
+        value = int(raw)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise ValueError(
+            f"{ZERO_INSERTION_ENV}={raw!r} must be a non-negative number of bytes or 'none'"
+        )
+    return value
+
+
+def _check_zero_insertion_memory(spec: ConvTransposeSpec, dtype) -> None:
+    itemsize = np.dtype(dtype).itemsize
+    x_elems = spec.batch * spec.in_channels * math.prod(spec.zero_inserted_size)
+    per_group = spec.out_channels // spec.groups
+    w_elems = spec.in_channels * per_group * math.prod(spec.effective_kernel_size)
+    needed = (x_elems + w_elems) * itemsize
+    bound = zero_insertion_max_bytes()
+    if bound is not None and needed > bound:
+        raise ValueError(
+            f'method="zero_insertion" would materialize {needed} bytes ({needed / 2**20:.1f} '
+            f"MiB): a zero-inserted input of spatial size {spec.zero_inserted_size} "
+            f"(input {spec.input_size}, stride={spec.stride}) for {spec.batch}x"
+            f"{spec.in_channels} (batch x C_in) {np.dtype(dtype).name} maps, plus the dilated "
+            f"kernel, over the bound of {bound} bytes. Use method='auto' or 'lhs_dilated', "
+            f"which insert no zeros, or raise the bound with the environment variable "
+            f"{ZERO_INSERTION_ENV} (bytes, or 'none')"
+        )
 
 
 def _check_array(name: str, value) -> jax.Array:
@@ -110,6 +174,7 @@ def conv_transpose(
       Array([[ 7., 14.],
              [ 7., 11.]], dtype=float32)
     """
+    _check_static("method", method)
     if not isinstance(method, str) or method not in METHODS:
         raise ValueError(f"method={method!r} is not one of {METHODS}")
     x = _check_array("input", input)
@@ -123,6 +188,8 @@ def conv_transpose(
     unbatched = x.ndim == ndim + 1
     if unbatched:
         x = x[None]
+        if output_size is not None:
+            output_size = spatial_output_size(output_size, ndim, batched=False)
     spec = make_spec(
         x.shape,
         w.shape,
@@ -144,6 +211,8 @@ def conv_transpose(
     dtype = jnp.result_type(x.dtype, w.dtype)
     x, w = x.astype(dtype), w.astype(dtype)
     name = _formulations.choose(spec) if method == "auto" else method
+    if name == "zero_insertion":
+        _check_zero_insertion_memory(spec, dtype)
     y = _formulations.FORMULATIONS[name](
         x, w, spec, precision=precision, preferred_element_type=preferred_element_type
     )

@@ -33,6 +33,7 @@ __all__ = [
     "make_spec",
     "output_padding_for_size",
     "resolve_padding",
+    "spatial_output_size",
     "to_lax_padding",
 ]
 
@@ -60,9 +61,24 @@ def _as_int(name: str, value: Any) -> int:
         return operator.index(value)
     except TypeError:
         pass
-    if isinstance(value, np.ndarray) and value.ndim == 0 and value.dtype.kind in "iu":
-        return int(value)
+    if _is_array(value) and np.ndim(value) == 0 and np.asarray(value).dtype.kind in "iu":
+        return int(np.asarray(value))
     raise TypeError(f"{name} must be an int or a sequence of ints, got {value!r}")
+
+
+def _is_array(value: Any) -> bool:
+    """A concrete NumPy or JAX array (tracers are rejected before this is asked)."""
+    return isinstance(value, np.ndarray) or (
+        hasattr(value, "__array__") and hasattr(value, "ndim") and hasattr(value, "dtype")
+    )
+
+
+def _check_static(name: str, value: Any) -> None:
+    """Reject a traced value, or a sequence holding one, with the mark-it-static hint."""
+    if _is_traced(value) or (
+        isinstance(value, (list, tuple)) and any(_is_traced(v) for v in value)
+    ):
+        raise TypeError(f"{name} got a traced value {value!r}; {_STATIC_HINT}.")
 
 
 def _as_tuple(name: str, value: Any, ndim: int) -> tuple[int, ...]:
@@ -71,9 +87,7 @@ def _as_tuple(name: str, value: Any, ndim: int) -> tuple[int, ...]:
         raise TypeError(f"{name} got a traced value {value!r}; {_STATIC_HINT}.")
     if isinstance(value, (str, bytes)):
         raise TypeError(f"{name} must be an int or a sequence of ints, got {value!r}")
-    if isinstance(value, (Sequence, np.ndarray)) and not (
-        isinstance(value, np.ndarray) and value.ndim == 0
-    ):
+    if isinstance(value, Sequence) or (_is_array(value) and np.ndim(value) == 1):
         items = tuple(_as_int(name, v) for v in value)
         if len(items) == 1:
             return items * ndim
@@ -254,6 +268,39 @@ def output_padding_for_size(
     return tuple(w - m for w, m in zip(wanted, smallest))
 
 
+def spatial_output_size(output_size: Any, ndim: int, *, batched: bool) -> Any:
+    """The spatial part of ``output_size``, with torch's rule for leading sizes.
+
+    As in ``torch.nn.ConvTranspose{1,2,3}d.forward``: a batched input takes
+    ``ndim`` sizes or ``ndim + 2`` (batch and channel sizes first, ignored), an
+    unbatched one ``ndim`` or ``ndim + 1``. A single int stands for every
+    dimension (an extension; torch needs a sequence).
+
+    Examples:
+      >>> spatial_output_size((1, 3, 8, 8), 2, batched=True)
+      (8, 8)
+      >>> spatial_output_size((3, 8, 8), 2, batched=True)
+      Traceback (most recent call last):
+      ...
+      ValueError: output_size=(3, 8, 8) must have 2 or 4 elements for a batched input ...
+    """
+    _check_static("output_size", output_size)
+    if isinstance(output_size, (str, bytes)):
+        raise TypeError(f"output_size must be an int or a sequence of ints, got {output_size!r}")
+    if not (isinstance(output_size, Sequence) or (_is_array(output_size) and np.ndim(output_size))):
+        return output_size
+    lead = 2 if batched else 1
+    if len(output_size) == ndim + lead:
+        return tuple(output_size)[lead:]
+    if len(output_size) != ndim:
+        kind = "a batched" if batched else "an unbatched"
+        raise ValueError(
+            f"output_size={output_size!r} must have {ndim} or {ndim + lead} elements for "
+            f"{kind} input with {ndim} spatial dimension(s), got {len(output_size)}"
+        )
+    return output_size
+
+
 def to_lax_padding(
     padding: PaddingLike,
     input_size: Sequence[int],
@@ -325,6 +372,18 @@ class ConvTransposeSpec:
         return tuple(
             (i - 1) * s + ke
             for i, s, ke in zip(self.input_size, self.stride, self.effective_kernel_size)
+        )
+
+    @property
+    def zero_inserted_size(self) -> tuple[int, ...]:
+        """Spatial size of the zero-inserted, padded input that ``zero_insertion`` builds.
+
+        ``(input - 1) * stride + 1`` plus the non-negative sides of
+        :attr:`lhs_dilated_padding` (negative sides are cropped afterwards).
+        """
+        return tuple(
+            (i - 1) * s + 1 + max(lo, 0) + max(hi, 0)
+            for i, s, (lo, hi) in zip(self.input_size, self.stride, self.lhs_dilated_padding)
         )
 
     @property
@@ -407,6 +466,7 @@ def make_spec(
             f"with {ndim} spatial dimension(s) needs a batched input of rank {ndim + 2} "
             f"or an unbatched one of rank {ndim + 1}"
         )
+    _check_static("channels_last", channels_last)
     if not isinstance(channels_last, (bool, np.bool_)):
         raise TypeError(f"channels_last must be a bool, got {channels_last!r}")
     if channels_last:
@@ -455,11 +515,7 @@ def make_spec(
             raise ValueError(
                 f"give output_size={output_size!r} or output_padding={output_padding!r}, not both"
             )
-        if isinstance(output_size, (Sequence, np.ndarray)) and len(output_size) in (
-            ndim + 1,
-            ndim + 2,
-        ):
-            output_size = tuple(output_size)[-ndim:]
+        output_size = spatial_output_size(output_size, ndim, batched=True)
         op_t = output_padding_for_size(output_size, in_size, kernel, stride_t, padding, dilation_t)
     for o, s, d in zip(op_t, stride_t, dilation_t):
         if o >= max(s, d):
