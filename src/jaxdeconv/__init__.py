@@ -5,8 +5,10 @@
 ['lhs_dilated', 'vjp', 'zero_insertion']
 """
 
+from . import layouts as layouts  # the public module jaxdeconv.layouts
 from ._api import conv_transpose, conv_transpose1d, conv_transpose2d, conv_transpose3d
 from ._formulations import FORMULATIONS
+from ._init import init_conv_transpose
 from ._reference import numpy_conv_transpose
 from ._shapes import (
     ConvTransposeSpec,
@@ -27,6 +29,7 @@ __all__ = [
     "conv_transpose2d",
     "conv_transpose3d",
     "conv_transpose_output_size",
+    "init_conv_transpose",
     "make_spec",
     "numpy_conv_transpose",
     "output_padding_for_size",

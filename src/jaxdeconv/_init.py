@@ -1,0 +1,133 @@
+"""PyTorch's default parameter initialization for a transposed-convolution layer."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ._shapes import _as_int, _as_tuple
+
+__all__ = ["init_conv_transpose"]
+
+
+def _kernel_tuple(kernel_size, ndim: int | None) -> tuple[int, ...]:
+    if isinstance(kernel_size, (Sequence, np.ndarray)) and not isinstance(kernel_size, str):
+        ks = _as_tuple("kernel_size", kernel_size, len(kernel_size))
+        if ndim is not None and len(ks) != ndim:
+            raise ValueError(f"kernel_size={kernel_size!r} has {len(ks)} entries but ndim={ndim}")
+    else:
+        if ndim is None:
+            raise ValueError(
+                f"kernel_size={kernel_size!r} is a single int: give one size per spatial "
+                "dimension, e.g. kernel_size=(3, 3), or the number of spatial dimensions "
+                "with ndim=2"
+            )
+        ndim = _as_int("ndim", ndim)
+        if ndim < 1:
+            raise ValueError(f"ndim={ndim} must be a positive int")
+        ks = _as_tuple("kernel_size", kernel_size, ndim)
+    if not ks or any(k < 1 for k in ks):
+        raise ValueError(f"kernel_size={kernel_size!r} must hold positive ints")
+    return ks
+
+
+def _fan_in(out_channels: int, kernel_size: Sequence[int], groups: int = 1) -> int:
+    """The ``fan_in`` PyTorch uses for a ``ConvTranspose`` weight.
+
+    PyTorch's ``_calculate_fan_in_and_fan_out`` reads ``weight.shape[1] *
+    prod(kernel)``; for a ``ConvTranspose`` weight ``[C_in, C_out / groups,
+    *kernel]`` that is ``C_out / groups * prod(kernel)`` (the output side,
+    unlike ``Conv``).
+    """
+    return out_channels // groups * math.prod(kernel_size)
+
+
+def init_conv_transpose(
+    key: jax.Array,
+    in_channels: int,
+    out_channels: int,
+    kernel_size: int | Sequence[int],
+    groups: int = 1,
+    bias: bool = True,
+    *,
+    ndim: int | None = None,
+    channels_last: bool = False,
+    dtype: jax.typing.DTypeLike | None = None,
+) -> tuple[jax.Array, jax.Array | None]:
+    """Weight and bias with PyTorch's default ``ConvTranspose`` initialization.
+
+    ``torch.nn.ConvTranspose{1,2,3}d.reset_parameters`` draws the weight with
+    ``kaiming_uniform_(a=sqrt(5))`` and the bias from the same range, which
+    works out to ``U(-b, b)`` for both with ``b = 1 / sqrt(fan_in)``, where
+    ``fan_in = weight.shape[1] * prod(kernel) = C_out / groups * prod(kernel)``
+    (PyTorch's rule applied to the ``ConvTranspose`` weight layout, so it is
+    the *output* channels per group, not the input channels as for ``Conv``).
+    The values are drawn with ``jax.random``, so they follow PyTorch's
+    distribution, not its random stream.
+
+    Args:
+      key: a ``jax.random`` key.
+      in_channels: ``C_in``.
+      out_channels: ``C_out``.
+      kernel_size: one size per spatial dimension (or an int with ``ndim``).
+      groups: blocked connections; must divide both channel counts.
+      bias: whether to return a bias (else ``None``).
+      ndim: number of spatial dimensions, needed only for an int ``kernel_size``.
+      channels_last: return the weight as ``[*kernel, C_in, C_out / groups]``
+        instead of PyTorch's ``[C_in, C_out / groups, *kernel]``.
+      dtype: a floating dtype; default ``float32`` (``float64`` with x64 on).
+
+    Returns:
+      ``(weight, bias)`` ready for :func:`jaxdeconv.conv_transpose` with the
+      same ``groups`` and ``channels_last``; ``bias`` is ``[C_out]`` or ``None``.
+
+    Raises:
+      ValueError, TypeError: naming the offending argument.
+
+    Examples:
+      >>> import jax, jax.numpy as jnp
+      >>> import jaxdeconv
+      >>> w, b = jaxdeconv.init_conv_transpose(jax.random.key(0), 16, 8, (4, 4), groups=2)
+      >>> w.shape, b.shape
+      ((16, 4, 4, 4), (8,))
+      >>> bound = 1 / (4 * 4 * 4) ** 0.5      # fan_in = C_out / groups * 4 * 4
+      >>> bool(jnp.abs(w).max() <= bound)
+      True
+      >>> x = jnp.ones((2, 16, 5, 5))
+      >>> jaxdeconv.conv_transpose(x, w, b, stride=2, padding=1, groups=2).shape
+      (2, 8, 10, 10)
+    """
+    in_channels = _as_int("in_channels", in_channels)
+    out_channels = _as_int("out_channels", out_channels)
+    groups = _as_int("groups", groups)
+    if in_channels < 1:
+        raise ValueError(f"in_channels={in_channels} must be a positive int")
+    if out_channels < 1:
+        raise ValueError(f"out_channels={out_channels} must be a positive int")
+    if groups < 1:
+        raise ValueError(f"groups={groups} must be a positive int")
+    if in_channels % groups:
+        raise ValueError(f"groups={groups} must divide in_channels={in_channels}")
+    if out_channels % groups:
+        raise ValueError(f"groups={groups} must divide out_channels={out_channels}")
+    if not isinstance(bias, (bool, np.bool_)):
+        raise TypeError(f"bias must be a bool, got {bias!r}")
+    if not isinstance(channels_last, (bool, np.bool_)):
+        raise TypeError(f"channels_last must be a bool, got {channels_last!r}")
+    ks = _kernel_tuple(kernel_size, ndim)
+    if dtype is None:
+        dtype = jax.dtypes.canonicalize_dtype(jnp.float64)
+    if not jnp.issubdtype(dtype, jnp.floating):
+        raise TypeError(f"dtype={dtype!r} must be a floating dtype")
+    bound = 1.0 / math.sqrt(_fan_in(out_channels, ks, groups))
+    wkey, bkey = jax.random.split(key)
+    shape = (in_channels, out_channels // groups, *ks)
+    if channels_last:
+        shape = (*ks, in_channels, out_channels // groups)
+    weight = jax.random.uniform(wkey, shape, dtype, -bound, bound)
+    b = jax.random.uniform(bkey, (out_channels,), dtype, -bound, bound) if bias else None
+    return weight, b
