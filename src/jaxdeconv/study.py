@@ -733,7 +733,7 @@ def steps(
     cig, cog = spec.in_channels // g, spec.out_channels // g
     win = win.reshape(spec.batch, g, cig, *win.shape[2:])
     ker = dilated.reshape(g, cog, cig, *k_eff)
-    letters = string.ascii_lowercase[8 : 8 + 2 * n]
+    letters = string.ascii_uppercase[: 2 * n]
     o_l, k_l = letters[:n], letters[n:]
     y = np.einsum(f"ngc{o_l}{k_l},gdc{k_l}->ngd{o_l}", win, ker)
     output = y.reshape(spec.batch, spec.out_channels, *y.shape[3:])
@@ -819,6 +819,7 @@ class PhaseView:
         (row-major over ``stride``).
       taps: phase (a tuple) -> the kernel taps (tuples) that reach its pixels.
       sizes: phase -> the sub-kernel's size per dimension.
+      dim_taps: per dimension, phase -> the taps along that dimension.
     """
 
     stride: tuple[int, ...]
@@ -826,6 +827,7 @@ class PhaseView:
     phase: np.ndarray
     taps: dict[tuple[int, ...], tuple[tuple[int, ...], ...]]
     sizes: dict[tuple[int, ...], tuple[int, ...]]
+    dim_taps: tuple[dict[int, tuple[int, ...]], ...]
 
     @property
     def uneven(self) -> bool:
@@ -844,13 +846,12 @@ class PhaseView:
         phase = tuple(int(p) for p in phase)
         if phase not in self.taps:
             raise ValueError(f"phase={phase} is not one of {sorted(self.taps)}")
-        n = len(self.stride)
-        per_dim = (
-            [sorted({t[a] for t in self.taps[phase]}) for a in range(n)]
-            if self.taps[phase]
-            else [[] for _ in range(n)]
-        )
-        return w[(slice(None), slice(None), *np.ix_(*per_dim))] if n else w
+        if w.ndim - 2 != len(self.stride):
+            raise ValueError(
+                f"weight.shape={w.shape} must have {len(self.stride)} spatial dimension(s)"
+            )
+        per_dim = [list(self.dim_taps[a][r]) for a, r in enumerate(phase)]
+        return w[(slice(None), slice(None), *np.ix_(*per_dim))]
 
 
 def phases(
@@ -896,7 +897,7 @@ def phases(
     grids = np.meshgrid(*idx, indexing="ij")
     phase = np.ravel_multi_index(tuple(grids), spec.stride)
     per_dim_taps = [
-        {r: [j for j in range(k) if (j * d) % s == r] for r in range(s)}
+        {r: tuple(j for j in range(k) if (j * d) % s == r) for r in range(s)}
         for k, s, d in zip(spec.kernel_size, spec.stride, spec.dilation)
     ]
     taps, sizes = {}, {}
@@ -904,7 +905,14 @@ def phases(
         lists = [per_dim_taps[a][r] for a, r in enumerate(ph)]
         taps[ph] = tuple(itertools.product(*lists))
         sizes[ph] = tuple(len(lst) for lst in lists)
-    return PhaseView(stride=spec.stride, phase_index=idx, phase=phase, taps=taps, sizes=sizes)
+    return PhaseView(
+        stride=spec.stride,
+        phase_index=idx,
+        phase=phase,
+        taps=taps,
+        sizes=sizes,
+        dim_taps=tuple(per_dim_taps),
+    )
 
 
 # --------------------------------------------------------------------------- the size formula
