@@ -123,6 +123,9 @@ def collectives(fn_or_hlo: Callable[..., object] | str, *args, **kwargs) -> dict
     return counts
 
 
+_UNROLL_GROUPS = 8  # more groups run under lax.map: one convolution in the program
+
+
 def _group_axes(spec: ConvTransposeSpec) -> tuple[int, int]:
     """Channel axis of the activation and the C_in axis of the weight."""
     if spec.channels_last:
@@ -142,13 +145,14 @@ def per_group(
     """A grouped transposed convolution as ``groups`` ungrouped ones.
 
     Has the signature of the registered formulations (batched ``x`` and ``w``
-    in ``spec``'s layout, bias excluded). The groups are stacked on a leading
-    axis and mapped over with :func:`jax.lax.map`, each running formulation
-    ``base`` with ``groups == 1``, so the program holds no convolution with
-    ``feature_group_count > 1``: XLA's SPMD partitioner then splits it by batch,
-    space or output channel with halo exchanges only, where one grouped
-    convolution would be all-gathered. The price on one device is a sequential
-    loop over groups instead of one grouped kernel.
+    in ``spec``'s layout, bias excluded). Each group runs formulation ``base`` with
+    ``groups == 1`` on its slice of the channels, so the program holds no convolution with
+    ``feature_group_count > 1``: XLA's SPMD partitioner then splits it by batch
+    or space with halo exchanges only, where one grouped convolution would be
+    all-gathered. Up to 8 groups are unrolled (and a weight sharded over its
+    ``C_out / groups`` axis then stays sharded); more run one after another
+    under :func:`jax.lax.map`, which keeps the program small. The price on one
+    device is a loop over groups instead of one grouped kernel.
 
     Args:
       x: ``[N, C_in, *spatial]`` (channels-last ``[N, *spatial, C_in]``).
@@ -188,6 +192,11 @@ def per_group(
     cig, cog = spec.in_channels // g, spec.out_channels // g
     sub = dataclasses.replace(spec, in_channels=cig, out_channels=cog, groups=1)
     x_axis, w_axis = _group_axes(spec)
+    if g <= _UNROLL_GROUPS:
+        # Unrolled, the partitioner keeps output channels sharded when the weight is.
+        xs = jnp.split(x, g, axis=x_axis)
+        ws = jnp.split(w, g, axis=w_axis)
+        return jnp.concatenate([fn(a, b, sub) for a, b in zip(xs, ws)], axis=x_axis)
     # [..., C_in, ...] -> [g, ..., C_in/g, ...]: the group index leads.
     xg = jnp.moveaxis(x.reshape(*x.shape[:x_axis], g, cig, *x.shape[x_axis + 1 :]), x_axis, 0)
     wg = jnp.moveaxis(w.reshape(*w.shape[:w_axis], g, cig, *w.shape[w_axis + 1 :]), w_axis, 0)
@@ -488,8 +497,14 @@ def conv_transpose_spatial(
         return _formulations.FORMULATIONS[method](xb, wb, local, **jax_kw)
 
     act = (batch_axis, *names, None) if channels_last else (batch_axis, None, *names)
+    # check_vma=False: the "vjp" formulation builds its transpose from a plain
+    # ShapeDtypeStruct, which jax.linear_transpose rejects against the
+    # device-varying blocks of a checked shard_map. Every output is sharded and
+    # the replicated weight's gradient is summed over devices either way (the
+    # tests compare gradients with the unsharded ones).
     y = jax.shard_map(
         block_fn,
+        check_vma=False,
         mesh=mesh,
         in_specs=(PartitionSpec(*act), PartitionSpec()),
         out_specs=PartitionSpec(*act),
