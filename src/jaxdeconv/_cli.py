@@ -8,6 +8,7 @@ import sys
 # command -> (module, one-line help); each module has main(argv) -> exit status.
 COMMANDS = {
     "verify": ("jaxdeconv._verify", "reproduce the seed and cross-check every formulation"),
+    "explain": ("jaxdeconv._explain", "walk through a transposed convolution step by step"),
 }
 
 

@@ -932,19 +932,23 @@ def size_formula(
     *,
     output_size: IntOrSeq | None = None,
 ) -> list[str]:
-    """The output-size formula with the numbers filled in, one line per dimension.
+    """The output-size formula with the numbers filled in.
 
-    ``out = (in - 1)*stride - pad_lo - pad_hi + dilation*(kernel - 1)
-    + output_padding + 1``, followed by the forward convolution's formula that
-    maps ``out`` back to ``in`` (Dumoulin & Visin's relationship, solved the
-    other way). Dimensions with identical numbers share a line.
+    First PyTorch's ``out = (in - 1)*stride - pad_lo - pad_hi + dilation*(kernel
+    - 1) + output_padding + 1`` evaluated per dimension, then the forward
+    convolution's formula (Dumoulin & Visin's) that maps ``out`` back to ``in``.
+    Dimensions with identical numbers share a line.
+
+    Returns:
+      Lines of text.
 
     Examples:
-      >>> for line in size_formula((3, 3), 2):
-      ...     print(line)
-      dims 0, 1: out = (in - 1)*stride - pad_lo - pad_hi + dilation*(kernel - 1) + output_padding + 1 = (3 - 1)*1 - 0 - 0 + 1*(2 - 1) + 0 + 1 = 4
-      dims 0, 1: in = (out + pad_lo + pad_hi - output_padding - dilation*(kernel - 1) - 1) // stride + 1 = (4 + 0 + 0 - 0 - 1*(2 - 1) - 1) // 1 + 1 = 3
-    """  # noqa: E501
+      >>> print("\\n".join(size_formula((3, 3), 2)))
+      out = (in - 1)*stride - pad_lo - pad_hi + dilation*(kernel - 1) + output_padding + 1
+        dims 0, 1: (3 - 1)*1 - 0 - 0 + 1*(2 - 1) + 0 + 1 = 4
+      in = (out + pad_lo + pad_hi - output_padding - dilation*(kernel - 1) - 1) // stride + 1
+        dims 0, 1: (4 + 0 + 0 - 0 - 1*(2 - 1) - 1) // 1 + 1 = 3
+    """
     spec = _size_spec(
         input_size, kernel_size, stride, padding, output_padding, dilation, output_size
     )
@@ -968,17 +972,17 @@ def size_formula(
             spec.output_size[a],
         )
         rows.setdefault(key, []).append(a)
-    lines, back = [], []
+    lines = ["out = (in - 1)*stride - pad_lo - pad_hi + dilation*(kernel - 1) + output_padding + 1"]
+    back = [
+        "in = (out + pad_lo + pad_hi - output_padding - dilation*(kernel - 1) - 1) // stride + 1"
+    ]
     for (i, k, s, d, (lo, hi), o, out), dims in rows.items():
         label = ("dim " if len(dims) == 1 else "dims ") + ", ".join(map(str, dims))
         lines.append(
-            f"{label}: out = (in - 1)*stride - pad_lo - pad_hi + dilation*(kernel - 1) "
-            f"+ output_padding + 1 = ({i} - 1)*{s} - {_n(lo)} - {_n(hi)} + {d}*({k} - 1) + {o} + 1 "
-            f"= {out}"
+            f"  {label}: ({i} - 1)*{s} - {_n(lo)} - {_n(hi)} + {d}*({k} - 1) + {o} + 1 = {out}"
         )
         back.append(
-            f"{label}: in = (out + pad_lo + pad_hi - output_padding - dilation*(kernel - 1) - 1)"
-            f" // stride + 1 = ({out} + {_n(lo)} + {_n(hi)} - {o} - {d}*({k} - 1) - 1) // {s} + 1 "
+            f"  {label}: ({out} + {_n(lo)} + {_n(hi)} - {o} - {d}*({k} - 1) - 1) // {s} + 1 "
             f"= {(out + lo + hi - o - d * (k - 1) - 1) // s + 1}"
         )
     return lines + back
