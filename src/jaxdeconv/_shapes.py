@@ -101,12 +101,16 @@ def _as_tuple(name: str, value: Any, ndim: int) -> tuple[int, ...]:
 
 
 def _is_pair_sequence(value: Any) -> bool:
+    if _is_array(value):
+        return np.ndim(value) == 2 and len(value) > 0
     return (
-        isinstance(value, (Sequence, np.ndarray))
+        isinstance(value, Sequence)
         and not isinstance(value, (str, bytes))
         and len(value) > 0
         and all(
-            isinstance(v, (Sequence, np.ndarray)) and not isinstance(v, (str, bytes)) for v in value
+            (isinstance(v, Sequence) and not isinstance(v, (str, bytes)))
+            or (_is_array(v) and np.ndim(v) == 1)
+            for v in value
         )
     )
 
