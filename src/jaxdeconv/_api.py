@@ -152,7 +152,16 @@ def conv_transpose(
 
     Raises:
       ValueError, TypeError: for any argument PyTorch rejects, and for bad
-        extensions, before anything reaches XLA.
+        extensions, before anything reaches XLA. Also ValueError for an output
+        size below 1 (where some PyTorch kernels return an empty tensor), and
+        TypeError for an integer, bool or complex ``input``/``weight``/``bias``
+        and for a traced value (under ``jit``) in any static argument
+        (``stride`` to ``dilation``, ``output_size``, ``method``,
+        ``channels_last``).
+      ValueError: for ``method="zero_insertion"`` when the zero-inserted input
+        plus the dilated kernel would take more than
+        ``JAXDECONV_ZERO_INSERTION_MAX_BYTES`` (environment variable; default
+        1 GiB, ``none`` for no bound).
 
     Unlike ``lax.conv_transpose`` (and Flax's ``ConvTranspose``), an integer
     ``padding`` is PyTorch's forward-conv padding, not the padding of the
