@@ -18,6 +18,11 @@ Two ways to run :func:`jaxdeconv.conv_transpose` over several devices:
     partitioner all-gathers the input for that scatter when it is spatially
     sharded.
 
+  Gradients: batch sharded, the program all-reduces the kernel gradient only;
+  spatially sharded, the partitioner all-gathers the input and the output
+  cotangent to form the kernel gradient (use :func:`conv_transpose_spatial` to
+  train on spatially split inputs).
+
   :func:`conv_transpose` here is the same function with a ``method="auto"``
   that avoids both: for ``groups > 1`` it runs :func:`per_group`, one ungrouped
   convolution per group under :func:`jax.lax.map`, which partitions with halos
