@@ -337,7 +337,8 @@ def explain(x, w, *, stride=1, padding=0, output_padding=0, groups=1, dilation=1
     L = []
     L.append("jaxdeconv explain: a transposed convolution, step by step")
     L.append("")
-    L.append(f"conv_transpose(x, w, {_args_text(kwargs)})")
+    call = f"conv_transpose(x, w, {_args_text(kwargs)})"
+    L.append(call)
     L.append(
         f"  x: [N=1, C_in={spec.in_channels}, {_size(spec.input_size)}]   "
         f"w: [C_in={spec.in_channels}, C_out/groups={cog}, {_size(spec.kernel_size)}]  "
@@ -471,6 +472,7 @@ def explain(x, w, *, stride=1, padding=0, output_padding=0, groups=1, dilation=1
         L.append("  Phase of each output pixel (which sub-kernel produces it):")
         L += _grid(pv.phase)
     data = dict(
+        call=call,
         steps=s,
         output=s.output,
         by_matrix=statement.by_matrix,
@@ -524,7 +526,9 @@ def main(argv=None) -> int:
         try:
             from . import _figures
 
-            paths = _figures.write_figures(data["steps"], data["statement"].matrix, args.figures)
+            paths = _figures.write_figures(
+                data["steps"], args.figures, matrix=data["statement"].matrix, title=data["call"]
+            )
         except ImportError as e:
             print(
                 f"jaxdeconv explain: error: --figures needs matplotlib ({e}); "
