@@ -1,0 +1,523 @@
+"""The zero-free phase (sub-pixel, polyphase) formulation and its differentiation rules.
+
+A stride-``s`` transposed convolution computes output ``o`` (position ``o + lo`` of the
+full result) from the taps ``j`` with ``j * dilation = o + lo  (mod s)``. Split the output
+by ``o mod s`` into ``prod(stride)`` *phases*: each phase is a dense stride-1 convolution of
+the undilated input with a sub-kernel of ``ceil(k / s)`` or ``floor(k / s)`` taps per
+dimension (dilated by ``dilation / gcd(dilation, stride)``), and the phases are interleaved
+(depth-to-space). No inserted zero is ever multiplied. Phases that no tap reaches (stride
+larger than the kernel) are zero.
+
+Phases whose sub-kernels have the same number of taps are computed by one convolution with
+their sub-kernels stacked along the output channels, when that costs few extra output rows
+(their windows may be offset by a pixel; the offset is sliced off afterwards).
+
+Differentiation goes through three bilinear primitives that are each other's transposes,
+exactly like a convolution and its two gradients:
+
+* ``phase_conv_transpose(x, w)``: the transposed convolution (forward);
+* ``phase_input_grad(g, w)``: its transpose in ``x``, the strided forward convolution;
+* ``phase_weight_grad(x, g)``: its transpose in ``w``, computed per phase as one GEMM of
+  the phase's input patches with the phase's output cotangent (zero-free as well).
+
+Each has a JVP rule (bilinear), transpose rules (onto the other two) and a batching rule
+(``vmap`` over activations folds into the batch; over weights into ``groups``), so
+``jit``, ``vmap``, ``jvp``, ``vjp`` and higher orders all stay on the fast paths.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import itertools
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+from jax.extend.core import Primitive
+from jax.interpreters import ad, batching, mlir
+
+from ._shapes import ConvTransposeSpec
+
+__all__ = ["phase", "phase_input_grad", "phase_plan", "phase_weight_grad"]
+
+# Merge phases with equal tap counts but offset windows into one convolution when the
+# extra output rows cost at most this fraction (per dimension).
+MERGE_WASTE = 0.15
+
+
+# ----------------------------------------------------------------------------- planning
+
+
+@dataclasses.dataclass(frozen=True)
+class DimPhase:
+    """One output phase along one spatial dimension.
+
+    Output positions ``o = p + s * q`` for ``q in range(n)`` are
+    ``sum_u xpad[q + u * dil] * w[taps[u]]`` where ``xpad`` is the input padded with
+    ``lo`` on the low side (negative: cropped).
+    """
+
+    p: int
+    n: int
+    taps: tuple[int, ...]
+    dil: int
+    lo: int
+
+
+@dataclasses.dataclass(frozen=True)
+class DimGroup:
+    """Phases of one dimension computed by one convolution: window at ``lo``, ``size`` outputs.
+
+    Member ``i`` reads the convolution's outputs ``[offsets[i], offsets[i] + n_i)``.
+    """
+
+    members: tuple[DimPhase, ...]
+    lo: int
+    size: int
+
+    @property
+    def n_taps(self) -> int:
+        return len(self.members[0].taps)
+
+    @property
+    def dil(self) -> int:
+        return self.members[0].dil
+
+    def offset(self, m: DimPhase) -> int:
+        return self.lo - m.lo
+
+
+def _dim_phases(
+    in_size: int, k: int, s: int, d: int, crop_lo: int, out: int
+) -> tuple[DimPhase, ...]:
+    g = math.gcd(d, s)
+    phases = []
+    for p in range(min(s, out)):
+        n = -(-(out - p) // s)
+        r, base = (p + crop_lo) % s, (p + crop_lo) // s
+        taps = [j for j in range(k) if (j * d) % s == r]
+        if not taps:
+            phases.append(DimPhase(p, n, (), d // g, 0))
+            continue
+        t = len(taps)
+        m0 = (taps[0] * d - r) // s
+        lo = m0 + (t - 1) * (d // g) - base
+        phases.append(DimPhase(p, n, tuple(reversed(taps)), d // g, lo))
+    return tuple(phases)
+
+
+def _dim_groups(phases: tuple[DimPhase, ...], merge_waste: float) -> tuple[DimGroup, ...]:
+    by_taps: dict[int, list[DimPhase]] = {}
+    for ph in phases:
+        if ph.taps:
+            by_taps.setdefault(len(ph.taps), []).append(ph)
+    groups = []
+    for members in by_taps.values():
+        lo = max(m.lo for m in members)
+        size = max(m.n + lo - m.lo for m in members)
+        useful = sum(m.n for m in members)
+        if size * len(members) <= (1 + merge_waste) * useful:
+            groups.append(DimGroup(tuple(members), lo, size))
+            continue
+        # Too wasteful: merge only phases with the same window position (free).
+        by_lo: dict[int, list[DimPhase]] = {}
+        for m in members:
+            by_lo.setdefault(m.lo, []).append(m)
+        for lo, same in by_lo.items():
+            groups.append(DimGroup(tuple(same), lo, max(m.n for m in same)))
+    return tuple(groups)
+
+
+@dataclasses.dataclass(frozen=True)
+class PhasePlan:
+    """Per-dimension phases and the convolutions (products of per-dimension groups)."""
+
+    phases: tuple[tuple[DimPhase, ...], ...]
+    groups: tuple[tuple[DimGroup, ...], ...]
+
+
+@functools.lru_cache(maxsize=512)
+def phase_plan(spec: ConvTransposeSpec, merge_waste: float = MERGE_WASTE) -> PhasePlan:
+    """The phase decomposition of ``spec``, computed from its fields."""
+    phases = tuple(
+        _dim_phases(i, k, s, d, lo, o)
+        for i, k, s, d, (lo, _), o in zip(
+            spec.input_size,
+            spec.kernel_size,
+            spec.stride,
+            spec.dilation,
+            spec.crop,
+            spec.output_size,
+        )
+    )
+    return PhasePlan(phases, tuple(_dim_groups(p, merge_waste) for p in phases))
+
+
+# ----------------------------------------------------------------------------- layouts
+
+
+def _to_cl(a: jax.Array, spec: ConvTransposeSpec) -> jax.Array:
+    """Activation to channels-last ``[N, *spatial, C]``."""
+    return a if spec.channels_last else jnp.moveaxis(a, 1, -1)
+
+
+def _from_cl(a: jax.Array, spec: ConvTransposeSpec) -> jax.Array:
+    return a if spec.channels_last else jnp.moveaxis(a, -1, 1)
+
+
+def _w_to_cl(w: jax.Array, spec: ConvTransposeSpec) -> jax.Array:
+    """Weight to ``[*k, C_in, C_out/g]``."""
+    return w if spec.channels_last else jnp.moveaxis(w, (0, 1), (-2, -1))
+
+
+def _w_from_cl(w: jax.Array, spec: ConvTransposeSpec) -> jax.Array:
+    return w if spec.channels_last else jnp.moveaxis(w, (-2, -1), (0, 1))
+
+
+def _cl_dims(n: int) -> lax.ConvDimensionNumbers:
+    act = (0, n + 1, *range(1, n + 1))
+    return lax.ConvDimensionNumbers(lhs_spec=act, rhs_spec=(n + 1, n, *range(n)), out_spec=act)
+
+
+def _pad_spatial(x: jax.Array, pads) -> jax.Array:
+    """Pad (negative: crop) the spatial dims of a channels-last activation."""
+    if all(lo == 0 and hi == 0 for lo, hi in pads):
+        return x
+    zero = jnp.zeros((), x.dtype)
+    return lax.pad(x, zero, [(0, 0, 0), *((lo, hi, 0) for lo, hi in pads), (0, 0, 0)])
+
+
+# ----------------------------------------------------------------------------- implementations
+
+
+def _out_dtype(dtype, preferred_element_type):
+    return np.dtype(preferred_element_type) if preferred_element_type is not None else dtype
+
+
+def _forward_impl(x, w, *, spec, precision, preferred_element_type):
+    """The transposed convolution, phase by phase (see the module docstring)."""
+    plan = phase_plan(spec)
+    n = spec.ndim
+    g = spec.groups
+    cig, cog = spec.in_channels // g, spec.out_channels // g
+    dtype = _out_dtype(jnp.result_type(x.dtype, w.dtype), preferred_element_type)
+    xc = _to_cl(x, spec)
+    wc = _w_to_cl(w, spec).reshape(*spec.kernel_size, g, cig, cog)
+    wc = jnp.moveaxis(wc, n, n + 1)  # [*k, cig, g, cog]
+    outs: dict[tuple[int, ...], jax.Array] = {}
+    for combo in itertools.product(*plan.groups):
+        members = list(itertools.product(*(grp.members for grp in combo)))
+        kernels = []
+        for mem in members:
+            k = wc
+            for ax, ph in enumerate(mem):
+                k = jnp.take(k, np.asarray(ph.taps), axis=ax)
+            kernels.append(k)
+        k = jnp.stack(kernels, axis=-2)  # [*T, cig, g, M, cog]
+        k = k.reshape(*k.shape[:n], cig, g * len(members) * cog)
+        pads = [
+            (grp.lo, grp.size + (grp.n_taps - 1) * grp.dil - i - grp.lo)
+            for grp, i in zip(combo, spec.input_size)
+        ]
+        y = lax.conv_general_dilated(
+            xc,
+            k,
+            window_strides=(1,) * n,
+            padding=pads,
+            rhs_dilation=tuple(grp.dil for grp in combo),
+            dimension_numbers=_cl_dims(n),
+            feature_group_count=g,
+            precision=precision,
+            preferred_element_type=preferred_element_type,
+        )
+        y = y.reshape(*y.shape[:-1], g, len(members), cog)
+        for mi, mem in enumerate(members):
+            idx = (
+                slice(None),
+                *(slice(grp.offset(ph), grp.offset(ph) + ph.n) for grp, ph in zip(combo, mem)),
+                slice(None),
+                mi,
+                slice(None),
+            )
+            outs[tuple(ph.p for ph in mem)] = y[idx].reshape(
+                spec.batch, *(ph.n for ph in mem), spec.out_channels
+            )
+    q = tuple(-(-o // s) for o, s in zip(spec.output_size, spec.stride))
+    parts = []
+    for p in itertools.product(*(range(s) for s in spec.stride)):
+        y = outs.get(p)
+        if y is None:
+            parts.append(jnp.zeros((spec.batch, *q, spec.out_channels), dtype))
+        else:
+            pads = [(0, qi - ni, 0) for qi, ni in zip(q, y.shape[1:-1])]
+            parts.append(
+                lax.pad(y.astype(dtype), jnp.zeros((), dtype), [(0, 0, 0), *pads, (0, 0, 0)])
+            )
+    y = jnp.stack(parts, axis=-2).reshape(spec.batch, *q, *spec.stride, spec.out_channels)
+    perm = (0, *itertools.chain.from_iterable((1 + i, 1 + n + i) for i in range(n)), 2 * n + 1)
+    y = y.transpose(perm).reshape(
+        spec.batch, *(qi * s for qi, s in zip(q, spec.stride)), spec.out_channels
+    )
+    y = y[(slice(None), *(slice(0, o) for o in spec.output_size), slice(None))]
+    return _from_cl(y, spec)
+
+
+def _input_grad_impl(g, w, *, spec, precision, preferred_element_type):
+    """Transpose in ``x``: the strided forward convolution of ``g`` with ``w``."""
+    from ._formulations import _dimension_numbers
+
+    return lax.conv_general_dilated(
+        g,
+        w,
+        window_strides=spec.stride,
+        padding=spec.crop,
+        rhs_dilation=spec.dilation,
+        dimension_numbers=_dimension_numbers(spec, kernel="torch"),
+        feature_group_count=spec.groups,
+        precision=precision,
+        preferred_element_type=preferred_element_type,
+    )
+
+
+def _weight_grad_impl(x, g, *, spec, precision, preferred_element_type):
+    """Transpose in ``w``: per phase, one GEMM of input patches with the phase's cotangent."""
+    plan = phase_plan(spec, 0.0)
+    grp = spec.groups
+    cig, cog = spec.in_channels // grp, spec.out_channels // grp
+    dtype = _out_dtype(jnp.result_type(x.dtype, g.dtype), preferred_element_type)
+    xc = _to_cl(x, spec)
+    gc = _to_cl(g, spec)
+    taps: dict[tuple[int, ...], jax.Array] = {}
+    for mem in itertools.product(*plan.phases):
+        if any(not ph.taps for ph in mem):
+            continue
+        gp = gc[
+            (slice(None), *(slice(ph.p, None, s) for ph, s in zip(mem, spec.stride)), slice(None))
+        ]
+        pads = [
+            (ph.lo, ph.n + (len(ph.taps) - 1) * ph.dil - i - ph.lo)
+            for ph, i in zip(mem, spec.input_size)
+        ]
+        xp = _pad_spatial(xc, pads)
+        offsets = list(itertools.product(*(range(len(ph.taps)) for ph in mem)))
+        patches = [
+            xp[
+                (
+                    slice(None),
+                    *(slice(u * ph.dil, u * ph.dil + ph.n) for u, ph in zip(us, mem)),
+                    slice(None),
+                )
+            ]
+            for us in offsets
+        ]
+        pt = jnp.stack(patches, axis=-2)  # [N, *n, U, C_in]
+        rows = spec.batch * math.prod(ph.n for ph in mem)
+        pt = pt.reshape(rows, len(offsets), grp, cig)
+        gp = gp.reshape(rows, grp, cog)
+        dv = lax.dot_general(
+            pt,
+            gp,
+            (((0,), (0,)), ((2,), (1,))),
+            precision=precision,
+            preferred_element_type=preferred_element_type,
+        )  # [g, U, cig, cog]
+        for ui, us in enumerate(offsets):
+            taps[tuple(ph.taps[u] for u, ph in zip(us, mem))] = dv[:, ui].reshape(
+                spec.in_channels, cog
+            )
+    zero = jnp.zeros((spec.in_channels, cog), dtype)
+    flat = [taps.get(t, zero).astype(dtype) for t in np.ndindex(*spec.kernel_size)]
+    wc = jnp.stack(flat).reshape(*spec.kernel_size, spec.in_channels, cog)
+    return _w_from_cl(wc, spec)
+
+
+# ----------------------------------------------------------------------------- primitives
+
+
+def _make_primitive(name, impl, out_shape):
+    prim = Primitive(name)
+    jitted = jax.jit(impl, static_argnames=("spec", "precision", "preferred_element_type"))
+    prim.def_impl(lambda a, b, **params: jitted(a, b, **params))
+
+    def abstract_eval(a, b, *, spec, precision, preferred_element_type):
+        del precision
+        dtype = _out_dtype(jnp.result_type(a.dtype, b.dtype), preferred_element_type)
+        return jax.core.ShapedArray(out_shape(spec), dtype)
+
+    prim.def_abstract_eval(abstract_eval)
+    mlir.register_lowering(prim, mlir.lower_fun(impl, multiple_results=False))
+    return prim
+
+
+forward_p = _make_primitive("jaxdeconv_phase", _forward_impl, lambda s: s.output_shape)
+input_grad_p = _make_primitive(
+    "jaxdeconv_phase_input_grad", _input_grad_impl, lambda s: s.input_shape
+)
+weight_grad_p = _make_primitive(
+    "jaxdeconv_phase_weight_grad", _weight_grad_impl, lambda s: s.weight_shape
+)
+
+
+def _cast_like(v, aval_or_array):
+    """Cast a transpose's result to the dtype of the operand it is the cotangent of."""
+    aval = getattr(aval_or_array, "aval", None)
+    dtype = aval.dtype if aval is not None else aval_or_array.dtype
+    return v if v.dtype == dtype else v.astype(dtype)
+
+
+# y = A(x, w):  dx = B(ct, w),  dw = C(x, ct)
+ad.defbilinear(
+    forward_p,
+    lambda ct, x, w, **p: _cast_like(input_grad_p.bind(ct, w, **p), x),
+    lambda ct, x, w, **p: _cast_like(weight_grad_p.bind(x, ct, **p), w),
+)
+# x = B(g, w):  dg = A(ct, w),  dw = C(ct, g)
+ad.defbilinear(
+    input_grad_p,
+    lambda ct, g, w, **p: _cast_like(forward_p.bind(ct, w, **p), g),
+    lambda ct, g, w, **p: _cast_like(weight_grad_p.bind(ct, g, **p), w),
+)
+# w = C(x, g):  dx = B(g, ct),  dg = A(x, ct)
+ad.defbilinear(
+    weight_grad_p,
+    lambda ct, x, g, **p: _cast_like(input_grad_p.bind(g, ct, **p), x),
+    lambda ct, x, g, **p: _cast_like(forward_p.bind(x, ct, **p), g),
+)
+
+
+# ----------------------------------------------------------------------------- batching
+
+_NOT_MAPPED = None  # how batching rules see an operand that vmap does not map
+
+
+def _act_in(a, bdim, size, spec):
+    """Activation ``[B at bdim, N, ...]`` -> ``[N, ..., B*C]`` channels folded (B-major)."""
+    a = jnp.broadcast_to(a, (size, *a.shape)) if bdim is None else jnp.moveaxis(a, bdim, 0)
+    if spec.channels_last:
+        a = jnp.moveaxis(a, 0, -2)
+        return a.reshape(*a.shape[:-2], -1)
+    a = jnp.moveaxis(a, 0, 1)
+    return a.reshape(a.shape[0], -1, *a.shape[3:])
+
+
+def _act_out(a, size, spec):
+    if spec.channels_last:
+        a = a.reshape(*a.shape[:-1], size, -1)
+        return jnp.moveaxis(a, -2, 0)
+    a = a.reshape(a.shape[0], size, -1, *a.shape[2:])
+    return jnp.moveaxis(a, 1, 0)
+
+
+def _w_in(w, bdim, size, spec):
+    w = jnp.broadcast_to(w, (size, *w.shape)) if bdim is None else jnp.moveaxis(w, bdim, 0)
+    if spec.channels_last:
+        n = spec.ndim
+        w = jnp.moveaxis(w, 0, n)
+        return w.reshape(*w.shape[:n], -1, w.shape[-1])
+    return w.reshape(-1, *w.shape[2:])
+
+
+def _w_out(w, size, spec):
+    if spec.channels_last:
+        n = spec.ndim
+        w = w.reshape(*w.shape[:n], size, -1, w.shape[-1])
+        return jnp.moveaxis(w, n, 0)
+    return w.reshape(size, -1, *w.shape[1:])
+
+
+def _grouped(spec, size):
+    return dataclasses.replace(
+        spec,
+        in_channels=spec.in_channels * size,
+        out_channels=spec.out_channels * size,
+        groups=spec.groups * size,
+    )
+
+
+def _fold_batch(a, bdim):
+    a = jnp.moveaxis(a, bdim, 0)
+    return a.reshape(-1, *a.shape[2:]), a.shape[0]
+
+
+def _batch_rule(prim, kinds, out_kind):
+    """kinds: "act" or "w" for each operand; out_kind likewise."""
+
+    def rule(args, dims, *, spec, **params):
+        size = next(arr.shape[d] for arr, d in zip(args, dims) if d is not _NOT_MAPPED)
+        w_mapped = any(k == "w" and d is not _NOT_MAPPED for k, d in zip(kinds, dims))
+        if out_kind == "act" and not w_mapped:
+            # Only activations are mapped: fold the mapped axis into the batch.
+            folded = []
+            for arr, d in zip(args, dims):
+                if d is _NOT_MAPPED:
+                    folded.append(arr)
+                    continue
+                f, _ = _fold_batch(arr, d)
+                folded.append(f)
+            # A mapped and an unmapped activation both present would need broadcasting.
+            for i, (arr, d, k) in enumerate(zip(args, dims, kinds)):
+                if k == "act" and d is _NOT_MAPPED:
+                    folded[i] = jnp.broadcast_to(arr, (size, *arr.shape)).reshape(
+                        -1, *arr.shape[1:]
+                    )
+            new = dataclasses.replace(spec, batch=spec.batch * size)
+            out = prim.bind(*folded, spec=new, **params)
+            return out.reshape(size, -1, *out.shape[1:]), 0
+        gspec = _grouped(spec, size)
+        ins = [
+            _act_in(arr, d, size, spec) if k == "act" else _w_in(arr, d, size, spec)
+            for arr, d, k in zip(args, dims, kinds)
+        ]
+        out = prim.bind(*ins, spec=gspec, **params)
+        if out_kind == "act":
+            return _act_out(out, size, spec), 0
+        return _w_out(out, size, spec), 0
+
+    batching.primitive_batchers[prim] = rule
+
+
+_batch_rule(forward_p, ("act", "w"), "act")
+_batch_rule(input_grad_p, ("act", "w"), "act")
+_batch_rule(weight_grad_p, ("act", "act"), "w")
+
+
+# ----------------------------------------------------------------------------- public
+
+
+def phase(x, w, spec, *, precision=None, preferred_element_type=None):
+    """Zero-free phase (sub-pixel) decomposition with hand-written differentiation rules.
+
+    Each of the ``prod(stride)`` output phases is a dense stride-1 convolution of the
+    input with a sub-kernel (``ceil(k/s)`` or ``floor(k/s)`` taps per dimension, the taps
+    ``j`` with ``j * dilation = phase + crop_lo (mod stride)``), and the phases are
+    interleaved. Gradients: the input gradient is the strided forward convolution, the
+    weight gradient one GEMM per phase; both are primitives with their own JVP,
+    transpose and batching rules, so every order of ``jvp``/``vjp`` and ``vmap`` works.
+    """
+    dtype = jnp.result_type(x.dtype, w.dtype)
+    return forward_p.bind(
+        x.astype(dtype),
+        w.astype(dtype),
+        spec=spec,
+        precision=precision,
+        preferred_element_type=None
+        if preferred_element_type is None
+        else np.dtype(preferred_element_type),
+    )
+
+
+def phase_input_grad(g, w, spec, *, precision=None, preferred_element_type=None):
+    """The transpose of :func:`phase` in ``x``: ``[N, C_in, *in]`` from ``g`` and ``w``."""
+    return input_grad_p.bind(
+        g, w, spec=spec, precision=precision, preferred_element_type=preferred_element_type
+    )
+
+
+def phase_weight_grad(x, g, spec, *, precision=None, preferred_element_type=None):
+    """The transpose of :func:`phase` in ``w``: the weight gradient from ``x`` and ``g``."""
+    return weight_grad_p.bind(
+        x, g, spec=spec, precision=precision, preferred_element_type=preferred_element_type
+    )
