@@ -359,6 +359,22 @@ def test_conv_transpose_spatial_errors(mesh2x4):
         run(jnp.ones((2, 4, 8)), w, padding=1, groups=3, mesh=mesh2x4, spatial_axes="s")
 
 
+def test_signatures_mirror_torch_and_options_are_keyword_only():
+    import inspect
+
+    torch_order = ["input", "weight", "bias", "stride", "padding", "output_padding", "groups"]
+    torch_order.append("dilation")
+    for fn in (jds.conv_transpose, jds.conv_transpose_spatial):
+        params = inspect.signature(fn).parameters
+        positional = [n for n, p in params.items() if p.kind is p.POSITIONAL_OR_KEYWORD]
+        assert positional == torch_order, fn.__name__
+        for name, p in params.items():
+            if name not in torch_order:
+                assert p.kind is p.KEYWORD_ONLY, (fn.__name__, name)
+    assert set(jds.__all__) <= set(dir(jds))
+    assert jaxdeconv.sharding is jds
+
+
 def test_collectives_counts_and_rejects():
     hlo = (
         "%ag = f32[8]{0} all-gather(f32[1]{0} %p), dimensions={0}\n"
