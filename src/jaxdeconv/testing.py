@@ -50,6 +50,7 @@ Examples:
 
 from __future__ import annotations
 
+import functools
 import itertools
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -70,6 +71,7 @@ __all__ = [
     "check_formulations_agree",
     "check_transpose_pair",
     "forward_conv",
+    "jit_gradient_failure",
     "numpy_conv_transpose_vjp",
     "numpy_reference",
     "random_arrays",
@@ -513,8 +515,25 @@ def check_transpose_pair(
     x = jnp.asarray(rng.standard_normal(x_aval.shape), x_aval.dtype)
     y = jnp.asarray(rng.standard_normal(y_aval.shape), y_aval.dtype)
 
-    fx = transform(f)(x)
-    fty = transform(f_t)(y)
+    dense = x.size * y.size <= dense_max_size
+
+    def everything(x_, y_):
+        # One function, so that ``transform`` (a jit, a pmap) compiles once.
+        out = {
+            "f(x)": f(x_),
+            "f_t(y)": f_t(y_),
+            "vjp of f": jax.vjp(f, x_)[1](y_)[0],
+            "vjp of f_t": jax.vjp(f_t, y_)[1](x_)[0],
+            "linear_transpose of f": jax.linear_transpose(f, x_aval)(y_)[0],
+            "linear_transpose of f_t": jax.linear_transpose(f_t, y_aval)(x_)[0],
+        }
+        if dense:
+            out["jacrev(f)"] = jax.jacrev(f)(x_)
+            out["jacfwd(f_t)"] = jax.jacfwd(f_t)(y_)
+        return out
+
+    got = transform(everything)(x, y)
+    fx, fty = got["f(x)"], got["f_t(y)"]
     chex.assert_shape(fty, x_aval.shape)
     chex.assert_shape(fx, y_aval.shape)
     lhs, rhs = _inner(fx, y), _inner(x, fty)
@@ -525,28 +544,17 @@ def check_transpose_pair(
             f"adjoint identity <f(x), y> == <x, f_t(y)> fails: {lhs!r} != {rhs!r} "
             f"(difference {abs(lhs - rhs):.3e}, allowed {rtol * bound + atol:.3e} for {name})"
         )
-
-    def vjp_f(x_, y_):
-        return jax.vjp(f, x_)[1](y_)[0]
-
-    def vjp_f_t(y_, x_):
-        return jax.vjp(f_t, y_)[1](x_)[0]
-
-    assert_close(transform(vjp_f)(x, y), fty, dtype=name, err_msg="vjp of f != f_t:")
-    assert_close(transform(vjp_f_t)(y, x), fx, dtype=name, err_msg="vjp of f_t != f:")
-
-    def lt_f(y_):
-        return jax.linear_transpose(f, x_aval)(y_)[0]
-
-    def lt_f_t(x_):
-        return jax.linear_transpose(f_t, y_aval)(x_)[0]
-
-    assert_close(transform(lt_f)(y), fty, dtype=name, err_msg="linear_transpose of f != f_t:")
-    assert_close(transform(lt_f_t)(x), fx, dtype=name, err_msg="linear_transpose of f_t != f:")
-
-    if x.size * y.size <= dense_max_size:
-        jac_f = np.asarray(transform(jax.jacrev(f))(x), np.float64).reshape(y.size, x.size)
-        jac_ft = np.asarray(transform(jax.jacfwd(f_t))(y), np.float64).reshape(x.size, y.size)
+    for key, want in (
+        ("vjp of f", fty),
+        ("linear_transpose of f", fty),
+        ("vjp of f_t", fx),
+        ("linear_transpose of f_t", fx),
+    ):
+        other = "f_t" if want is fty else "f"
+        assert_close(got[key], want, dtype=name, err_msg=f"{key} != {other}:")
+    if dense:
+        jac_f = np.asarray(got["jacrev(f)"], np.float64).reshape(y.size, x.size)
+        jac_ft = np.asarray(got["jacfwd(f_t)"], np.float64).reshape(x.size, y.size)
         assert_close(
             jac_ft, jac_f.T, dtype=name, err_msg="dense Jacobian of f_t != that of f, transposed:"
         )
@@ -607,3 +615,53 @@ def torch_reference(
     if channels_last:
         value = np.moveaxis(value, -n - 1, -1)
     return value, grads
+
+
+_PROBE = """
+import jax, jax.numpy as jnp, numpy as np, jaxdeconv
+fn = jaxdeconv.FORMULATIONS[{method!r}]
+for shapes, kw, cl in [
+    (((2, 2, 5), (2, 3, 3)), dict(stride=2, padding=1, output_padding=1), False),
+    (((1, 3, 3, 4), (2, 2, 4, 2)), dict(stride=(1, 2), groups=2, dilation=(2, 1)), True),
+]:
+    spec = jaxdeconv.make_spec(*shapes, **kw, channels_last=cl)
+    x, w = (jnp.ones(s) for s in shapes)
+    ct = jnp.ones(spec.output_shape)
+    def f(x, w):
+        return fn(x, w, spec)
+    grads = jax.jit(lambda x, w: jax.vjp(f, x, w)[1](ct))(x, w)
+    tangent = jax.jit(lambda x, w: jax.jvp(f, (x, w), (x, w))[1])(x, w)
+    def loss(x, w):
+        return jnp.sum(jax.grad(lambda x: jnp.sum(f(x, w) ** 2))(x))
+    hvp = jax.jit(jax.grad(loss))(x, w)
+    jax.block_until_ready((grads, tangent, hvp))
+print("ok")
+"""
+
+
+@functools.cache
+def jit_gradient_failure(method: str) -> str | None:
+    """Whether jitted derivatives of a registered formulation kill the process.
+
+    Some XLA bugs end in a failed CHECK that aborts the whole Python process
+    instead of raising, which would take a test run down with it. This runs
+    ``jax.jit`` of the VJP, the JVP and a second derivative of
+    ``FORMULATIONS[method]`` on two tiny configurations in a fresh interpreter.
+    Cached per process.
+
+    Returns:
+      ``None`` when it works, else the tail of the failed process's output.
+    """
+    import subprocess
+    import sys
+
+    proc = subprocess.run(
+        [sys.executable, "-c", _PROBE.format(method=method)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    if proc.returncode == 0 and proc.stdout.strip().endswith("ok"):
+        return None
+    lines = [ln for ln in (proc.stderr or proc.stdout).splitlines() if not ln.startswith("    @")]
+    return f"exit status {proc.returncode}: " + "\n".join(lines[-8:])
