@@ -210,7 +210,7 @@ def test_numpy_scalars_and_arrays_as_arguments(arrays):
         (dict(stride=2.0), r"stride must be an int .* got 2\.0"),
         (dict(stride=True), "stride must be an int, got bool True"),
         (dict(padding=np.array([1.5, 1.5])), r"padding must be an int .* got .*1\.5"),
-        (dict(groups="1"), "groups must be an int"),
+        (dict(groups=2.0), "groups must be an int, got 2.0"),
         (dict(stride=np.ones((2, 2), int)), "stride must be an int or a sequence of ints"),
         (dict(output_size="7"), "output_size must be an int or a sequence of ints"),
     ],
@@ -218,7 +218,7 @@ def test_numpy_scalars_and_arrays_as_arguments(arrays):
         "float stride",
         "bool stride",
         "float array padding",
-        "str groups",
+        "float groups",
         "2-d stride",
         "str output_size",
     ],
@@ -268,7 +268,7 @@ def test_output_size_as_int_is_an_extension(arrays):
 # -- values -------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("value", [np.nan, np.inf, -np.inf])
+@pytest.mark.parametrize("value", [np.nan, -np.inf])
 @pytest.mark.parametrize(
     "kwargs",
     [dict(stride=2), dict(stride=3, padding=1, output_padding=2), dict(stride=2, dilation=2)],

@@ -52,7 +52,7 @@ def _is_traced(value: Any) -> bool:
     return isinstance(value, jax.core.Tracer)
 
 
-def _as_int(name: str, value: Any) -> int:
+def _as_int(name: str, value: Any, *, sequence_ok: bool = True) -> int:
     if _is_traced(value):
         raise TypeError(f"{name} got a traced value {value!r}; {_STATIC_HINT}.")
     if isinstance(value, (bool, np.bool_)):
@@ -63,7 +63,8 @@ def _as_int(name: str, value: Any) -> int:
         pass
     if _is_array(value) and np.ndim(value) == 0 and np.asarray(value).dtype.kind in "iu":
         return int(np.asarray(value))
-    raise TypeError(f"{name} must be an int or a sequence of ints, got {value!r}")
+    what = "an int or a sequence of ints" if sequence_ok else "an int"
+    raise TypeError(f"{name} must be {what}, got {value!r}")
 
 
 def _is_array(value: Any) -> bool:
@@ -481,7 +482,7 @@ def make_spec(
         batch, in_channels, in_size = input_shape[0], input_shape[1], input_shape[2:]
         kernel = weight_shape[2:]
         w_in, w_out = weight_shape[0], weight_shape[1]
-    groups = _as_int("groups", groups)
+    groups = _as_int("groups", groups, sequence_ok=False)
     if groups < 1:
         raise ValueError(f"groups={groups} must be a positive int")
     if w_in != in_channels:
