@@ -212,6 +212,20 @@ def test_partitioned_gradients(mesh, rng, method):
         assert classify(jds.collectives(compiled.as_text())) == expected, sharding
 
 
+def test_spatial_output_not_divisible_is_gathered(mesh, rng):
+    # k=3, s=2, p=1 without output_padding: 16 -> 31 pixels, which 8 devices cannot
+    # split evenly, so the partitioner returns the output replicated (all-gathered).
+    x, w = _case(1, 1, rng)
+    y, counts = _run_sharded(
+        lambda x, w: jds.conv_transpose(x, w, stride=2, padding=1), mesh, "spatial", x, w
+    )
+    assert y.shape[-1] == 31
+    np.testing.assert_allclose(
+        np.asarray(y), jaxdeconv.numpy_conv_transpose(x, w, stride=2, padding=1), atol=1e-4
+    )
+    assert classify(counts) == "all-gather", counts
+
+
 def test_halo_safe_list_matches_the_table():
     for method in jds.HALO_SAFE:
         for sharding in ("batch", "spatial"):

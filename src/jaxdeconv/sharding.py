@@ -18,6 +18,10 @@ Two ways to run :func:`jaxdeconv.conv_transpose` over several devices:
     partitioner all-gathers the input for that scatter when it is spatially
     sharded.
 
+  Along a sharded spatial axis the *output* size must also divide by the
+  number of devices; otherwise the partitioner returns it replicated, through
+  an all-gather.
+
   Gradients: batch sharded, the program all-reduces the kernel gradient only;
   spatially sharded, the partitioner all-gathers the input and the output
   cotangent to form the kernel gradient (use :func:`conv_transpose_spatial` to
@@ -210,7 +214,7 @@ def per_group(
     return y.reshape(*y.shape[:x_axis], g * cog, *y.shape[x_axis + 2 :])
 
 
-METHODS = ("auto", *_formulations.FORMULATIONS, "per_group")
+METHODS = tuple(dict.fromkeys(("auto", *_formulations.FORMULATIONS, "per_group")))
 
 
 def _batched_spec(
