@@ -18,6 +18,11 @@ Two ways to run :func:`jaxdeconv.conv_transpose` over several devices:
     partitioner all-gathers the input for that scatter when it is spatially
     sharded.
 
+  :func:`conv_transpose` here is the same function with a ``method="auto"``
+  that avoids both: a formulation from :data:`HALO_SAFE`, and for
+  ``groups > 1`` :func:`per_group`, one ungrouped convolution per group, which
+  partitions with halos only.
+
   Along a sharded spatial axis the *output* size must also divide by the
   number of devices; otherwise the partitioner returns it replicated, through
   an all-gather.
@@ -26,11 +31,6 @@ Two ways to run :func:`jaxdeconv.conv_transpose` over several devices:
   spatially sharded, the partitioner all-gathers the input and the output
   cotangent to form the kernel gradient (use :func:`conv_transpose_spatial` to
   train on spatially split inputs).
-
-  :func:`conv_transpose` here is the same function with a ``method="auto"``
-  that avoids both: for ``groups > 1`` it runs :func:`per_group`, one ungrouped
-  convolution per group under :func:`jax.lax.map`, which partitions with halos
-  only.
 
 * **Partition it yourself.** :func:`conv_transpose_spatial` splits the input
   along spatial axes with :func:`jax.shard_map`, swaps the halos each shard
