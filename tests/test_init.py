@@ -1,6 +1,8 @@
 """init_conv_transpose against PyTorch's ConvTranspose.reset_parameters."""
 
 import math
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -111,3 +113,15 @@ def test_bad_arguments(kwargs, exc, match):
     args.update(kwargs)
     with pytest.raises(exc, match=match):
         init_conv_transpose(jax.random.key(0), **args)
+
+
+def test_import_needs_only_jax_and_numpy():
+    """``import jaxdeconv`` (init and layouts included) pulls in no optional dependency."""
+    code = (
+        "import sys, jaxdeconv, jaxdeconv.layouts; "
+        "print(sorted(m for m in ('flax', 'equinox', 'torch', 'matplotlib', 'optax', 'sklearn') "
+        "if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+    assert callable(jaxdeconv.layouts.torch_to_equinox)
