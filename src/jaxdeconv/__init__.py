@@ -2,7 +2,7 @@
 
 >>> import jaxdeconv
 >>> sorted(jaxdeconv.FORMULATIONS)
-['lhs_dilated', 'vjp', 'zero_insertion']
+['lhs_dilated', 'phase', 'vjp', 'zero_insertion']
 """
 
 from . import layouts as layouts  # the public module jaxdeconv.layouts
