@@ -509,7 +509,9 @@ def check_transpose_pair(
     """
     transform = transform or _identity
     rng = np.random.default_rng(seed)
-    x_aval = jax.ShapeDtypeStruct(np.shape(primal), jnp.asarray(primal).dtype)
+    if not (hasattr(primal, "shape") and hasattr(primal, "dtype")):
+        primal = jnp.asarray(primal)
+    x_aval = jax.ShapeDtypeStruct(tuple(primal.shape), primal.dtype)
     y_aval = jax.eval_shape(f, x_aval)
     name = _dtype_name(dtype or x_aval.dtype)
     x = jnp.asarray(rng.standard_normal(x_aval.shape), x_aval.dtype)
