@@ -352,17 +352,19 @@ def test_phase_view_on_the_seed_grid_with_stride_two():
 
 def test_size_formula_seed_and_general():
     lines = study.size_formula((3, 3), (2, 2))
-    assert lines[0].endswith("= (3 - 1)*1 - 0 - 0 + 1*(2 - 1) + 0 + 1 = 4")
-    assert lines[1].endswith("= 3")
+    assert lines[0].startswith("out = (in - 1)*stride")
+    assert lines[1] == "  dims 0, 1: (3 - 1)*1 - 0 - 0 + 1*(2 - 1) + 0 + 1 = 4"
+    assert lines[2].startswith("in = ") and lines[3].endswith("= 3")
     lines = study.size_formula((4, 5), (3, 3), (2, 1), 1, (1, 0), (1, 2))
-    assert len(lines) == 4  # two different dims, forward and back
-    assert lines[0].startswith("dim 0:") and lines[0].endswith("= 8")
-    assert lines[1].startswith("dim 1:") and lines[1].endswith(" = 7")
-    assert lines[2].endswith("= 4") and lines[3].endswith("= 5")
+    assert len(lines) == 6  # two different dims, forward and back
+    # (4-1)*2 - 2 + 1*2 + 1 + 1 = 8 and (5-1)*1 - 2 + 2*2 + 0 + 1 = 7, checked by hand
+    assert lines[1].startswith("  dim 0:") and lines[1].endswith("= 8")
+    assert lines[2].startswith("  dim 1:") and lines[2].endswith(" = 7")
+    assert lines[4].endswith("= 4") and lines[5].endswith("= 5")
     same = study.size_formula(5, 2, stride=3, padding="SAME")  # hi crop -1: extends
-    assert "- (-1)" in same[0] and same[0].endswith("= 15")
+    assert "- (-1)" in same[1] and same[1].endswith("= 15")
     lines = study.size_formula(4, 3, stride=2, padding=1, output_size=8)
-    assert "+ 1 + 1 = 8" in lines[0]
+    assert "+ 1 + 1 = 8" in lines[1]
 
 
 # --------------------------------------------------------------------------- bad input
