@@ -202,7 +202,11 @@ def _check_png(path):
 
 
 @pytest.mark.parametrize(
-    "argv", [[], ["--ndim", "1", "--input-size", "5", "--kernel-size", "3", "--stride", "2"]]
+    "argv",
+    [
+        ["--stride", "2", "--padding", "1", "--output-padding", "1"],  # the README's command
+        ["--ndim", "1", "--input-size", "5", "--kernel-size", "3", "--stride", "2"],
+    ],
 )
 def test_figures_are_written_and_not_empty(tmp_path, capsys, argv):
     out_dir = tmp_path / "figs" / "nested"
