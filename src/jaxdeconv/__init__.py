@@ -7,6 +7,7 @@
 
 from . import layouts as layouts  # the public module jaxdeconv.layouts
 from . import sharding as sharding  # the public module jaxdeconv.sharding
+from . import study as study  # the public module jaxdeconv.study (matrix, VJP, steps views)
 from ._api import conv_transpose, conv_transpose1d, conv_transpose2d, conv_transpose3d
 from ._formulations import FORMULATIONS
 from ._init import init_conv_transpose
