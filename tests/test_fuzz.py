@@ -1,6 +1,6 @@
 """Fuzzing jaxdeconv's arguments against PyTorch: same accepted set, same numbers.
 
-Three property tests, each run per rank (1, 2, 3):
+Three property tests, each drawing the rank (1, 2 or 3):
 
 * ``test_accepts_what_torch_accepts``: argument sets drawn from ranges that
   cross every validity boundary (output_padding at and past ``max(stride,
@@ -24,7 +24,7 @@ an empty batch is validated like any other (torch skips the output_padding,
 dilation and output-size checks for it).
 
 With the default ``ci`` hypothesis profile (25 examples per test) CI runs
-3 x 3 x 25 = 225 examples; ``HYPOTHESIS_PROFILE=long`` runs 1000 per test (9000).
+3 x 25 = 75 examples; ``HYPOTHESIS_PROFILE=long`` runs 1000 per test (3000).
 """
 
 from __future__ import annotations
