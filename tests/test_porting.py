@@ -8,6 +8,7 @@ the input and every weight and bias must match torch's autograd.
 """
 
 import equinox as eqx
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -67,17 +68,26 @@ def test_ported_decoder_matches_torch_outputs_and_gradients(framework, build):
     t_loss.backward()
 
     xj, gj = jnp.asarray(x.detach().numpy()), jnp.asarray(g.numpy())
+
+    # one jitted value_and_grad per decoder: a single compilation, not many small eager ones
+    def loss_and_out(model, x):
+        out, loss = _jax_run(model, x, gj)
+        return loss, out
+
     if framework == "flax":
         model = nnx.List([jaxdeconv.flax.ConvTranspose.from_torch(t) for t in t_layers])
-        out, loss = _jax_run(model, xj, gj)
-        grad_model, grad_x = nnx.grad(lambda m, x: _jax_run(m, x, gj)[1], argnums=(0, 1))(model, xj)
+        graphdef, params = nnx.split(model)
+        fn = jax.value_and_grad(
+            lambda p, x: loss_and_out(nnx.merge(graphdef, p), x), argnums=(0, 1), has_aux=True
+        )
+        (loss, out), (grad_model, grad_x) = jax.jit(fn)(params, xj)
         per_layer = [grad_model[i] for i in range(len(t_layers))]
         grad_w = [gl["weight"][...] for gl in per_layer]
         grad_b = [gl["bias"][...] if "bias" in gl else None for gl in per_layer]
     else:
         model = [jaxdeconv.equinox.ConvTranspose.from_torch(t) for t in t_layers]
-        out, loss = _jax_run(model, xj, gj)
-        grad_model, grad_x = eqx.filter_grad(lambda mx: _jax_run(mx[0], mx[1], gj)[1])((model, xj))
+        fn = eqx.filter_value_and_grad(lambda mx: loss_and_out(*mx), has_aux=True)
+        (loss, out), (grad_model, grad_x) = eqx.filter_jit(fn)((model, xj))
         grad_w = [m.weight for m in grad_model]
         grad_b = [m.bias for m in grad_model]
 

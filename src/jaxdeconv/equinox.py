@@ -193,7 +193,9 @@ class ConvTranspose(eqx.Module):
           True
         """
         kwargs, weight, bias = _layers.read_torch(module, channels_last, dtype)
-        layer = cls(
+        # Built under eval_shape: the random initial values are never computed (or compiled).
+        layer = eqx.filter_eval_shape(
+            cls,
             **kwargs,
             channels_last=channels_last,
             method=method,

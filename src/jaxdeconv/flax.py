@@ -183,16 +183,18 @@ class ConvTranspose(nnx.Module):
           True
         """
         kwargs, weight, bias = _layers.read_torch(module, channels_last, dtype)
-        layer = cls(
-            **kwargs,
-            channels_last=channels_last,
-            method=method,
-            precision=precision,
-            preferred_element_type=preferred_element_type,
-            dtype=weight.dtype,
-            rngs=nnx.Rngs(0),
+        # Built under eval_shape: the random initial values are never computed (or compiled).
+        layer = nnx.eval_shape(
+            lambda: cls(
+                **kwargs,
+                channels_last=channels_last,
+                method=method,
+                precision=precision,
+                preferred_element_type=preferred_element_type,
+                dtype=weight.dtype,
+                rngs=nnx.Rngs(0),
+            )
         )
         layer.weight = nnx.Param(weight)
-        if bias is not None:
-            layer.bias = nnx.Param(bias)
+        layer.bias = None if bias is None else nnx.Param(bias)
         return layer
