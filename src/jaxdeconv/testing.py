@@ -50,7 +50,6 @@ Examples:
 
 from __future__ import annotations
 
-import functools
 import itertools
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -620,50 +619,59 @@ def torch_reference(
 
 
 _PROBE = """
-import jax, jax.numpy as jnp, numpy as np, jaxdeconv
+import jax, jax.numpy as jnp, jaxdeconv
 fn = jaxdeconv.FORMULATIONS[{method!r}]
-for shapes, kw, cl in [
-    (((2, 2, 5), (2, 3, 3)), dict(stride=2, padding=1, output_padding=1), False),
-    (((1, 3, 3, 4), (2, 2, 4, 2)), dict(stride=(1, 2), groups=2, dilation=(2, 1)), True),
-]:
-    spec = jaxdeconv.make_spec(*shapes, **kw, channels_last=cl)
-    x, w = (jnp.ones(s) for s in shapes)
-    ct = jnp.ones(spec.output_shape)
-    def f(x, w):
-        return fn(x, w, spec)
-    grads = jax.jit(lambda x, w: jax.vjp(f, x, w)[1](ct))(x, w)
-    tangent = jax.jit(lambda x, w: jax.jvp(f, (x, w), (x, w))[1])(x, w)
+spec = jaxdeconv.make_spec((2, 2, 5), (2, 3, 3), stride=2, padding=1, output_padding=1)
+def f(x, w):
+    return fn(x, w, spec)
+def derivatives(x, w, ct):
     def loss(x, w):
         return jnp.sum(jax.grad(lambda x: jnp.sum(f(x, w) ** 2))(x))
-    hvp = jax.jit(jax.grad(loss))(x, w)
-    jax.block_until_ready((grads, tangent, hvp))
+    return jax.vjp(f, x, w)[1](ct), jax.jvp(f, (x, w), (x, w))[1], jax.grad(loss, (0, 1))(x, w)
+x, w, ct = jnp.ones((2, 2, 5)), jnp.ones((2, 3, 3)), jnp.ones(spec.output_shape)
+jax.block_until_ready(jax.jit(derivatives)(x, w, ct))
 print("ok")
 """
 
 
-@functools.cache
+_PROBED: dict[str, str | None] = {}
+
+
 def jit_gradient_failure(method: str) -> str | None:
     """Whether jitted derivatives of a registered formulation kill the process.
 
     Some XLA bugs end in a failed CHECK that aborts the whole Python process
-    instead of raising, which would take a test run down with it. This runs
-    ``jax.jit`` of the VJP, the JVP and a second derivative of
-    ``FORMULATIONS[method]`` on two tiny configurations in a fresh interpreter.
-    Cached per process.
+    instead of raising, which would take a test run (or ``jaxdeconv verify``)
+    down with it. This runs ``jax.jit`` of the VJP, the JVP and a second
+    derivative of ``FORMULATIONS[method]`` on a tiny configuration in a fresh
+    interpreter. The first call probes every registered formulation at once, in
+    parallel processes; results are cached per process.
 
     Returns:
       ``None`` when it works, else the tail of the failed process's output.
     """
+    if method not in _PROBED:
+        _probe([method, *(m for m in FORMULATIONS if m not in _PROBED and m != method)])
+    return _PROBED[method]
+
+
+def _probe(methods) -> None:
     import subprocess
     import sys
 
-    proc = subprocess.run(
-        [sys.executable, "-c", _PROBE.format(method=method)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    if proc.returncode == 0 and proc.stdout.strip().endswith("ok"):
-        return None
-    lines = [ln for ln in (proc.stderr or proc.stdout).splitlines() if not ln.startswith("    @")]
-    return f"exit status {proc.returncode}: " + "\n".join(lines[-8:])
+    procs = {
+        m: subprocess.Popen(
+            [sys.executable, "-c", _PROBE.format(method=m)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for m in methods
+    }
+    for m, proc in procs.items():
+        out, err = proc.communicate(timeout=300)
+        if proc.returncode == 0 and out.strip().endswith("ok"):
+            _PROBED[m] = None
+            continue
+        lines = [ln for ln in (err or out).splitlines() if not ln.startswith("    @")]
+        _PROBED[m] = f"exit status {proc.returncode}: " + "\n".join(lines[-8:])
