@@ -46,12 +46,14 @@ def test_from_torch_reproduces_outputs(name):
 
 def test_output_size_channels_last_and_methods():
     torch.manual_seed(1)
-    t = torch.nn.ConvTranspose2d(4, 2, 3, stride=3, padding=1, groups=2)
+    # output_size overrides the module's output_padding, as in torch's forward
+    t = torch.nn.ConvTranspose2d(4, 2, 3, stride=3, padding=1, output_padding=1, groups=2)
     x = torch.randn(1, 4, 3, 4)
     want = t(x, output_size=(9, 11)).detach().numpy()
     assert want.shape == (1, 2, 9, 11)
     layer = ConvTranspose.from_torch(t)
     np.testing.assert_allclose(layer(x.numpy(), output_size=(9, 11)), want, atol=1e-5)
+    np.testing.assert_allclose(layer(x.numpy()), t(x).detach().numpy(), atol=1e-5)  # 8x11
     np.testing.assert_allclose(layer(x.numpy(), (1, 2, 9, 11)), want, atol=1e-5)
     last = ConvTranspose.from_torch(t, channels_last=True, method="vjp")
     assert last.weight.shape == (3, 3, 4, 1)
