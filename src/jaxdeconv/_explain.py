@@ -387,8 +387,8 @@ def explain(x, w, *, stride=1, padding=0, output_padding=0, groups=1, dilation=1
         L += _kernels(s.dilated_kernel, "dilated")
     L.append("")
     L.append(
-        f"Step 4. Slide the flipped kernel over the padded input with stride 1 (a VALID "
-        f"convolution) -> output {_size(spec.output_size)}"
+        "Step 4. Slide the flipped kernel over the padded input (stride 1, a VALID "
+        f"convolution) -> {_size(spec.output_size)}"
     )
     center = tuple(o // 2 for o in spec.output_size)
     win = s.window(center)
@@ -444,6 +444,7 @@ def explain(x, w, *, stride=1, padding=0, output_padding=0, groups=1, dilation=1
     L.append("Agreement with step 4:")
     L.append(f"  C.T @ x: {same(statement.by_matrix)}")
     L.append(f"  VJP: {same(by_vjp)}")
+    L.append(f"  conv_transpose(...) (method='auto'): {same(y_api)}")
     for m in FORMULATIONS:
         L.append(
             f"  conv_transpose(..., method={m!r}): {same(statement.results[m].astype(np.float64))}"
