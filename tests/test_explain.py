@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from matplotlib import image as mpimg
 
-from jaxdeconv import _cli, _explain, conv_transpose, study
+from jaxdeconv import FORMULATIONS, _cli, _explain, conv_transpose, study
 
 SEED_GRID = ["4 12 11  6", "0  7 14 11", "2  7 11  8", "0  2  3  2"]
 
@@ -51,8 +51,8 @@ def test_default_is_the_seed_example(capsys):
     # flipped kernel, padded input, C.T @ x and VJP blocks
     assert "    1 0\n    2 1\n" in out
     assert "C (9 x 16)" in out
-    assert "C.T @ x: exact" in out and "VJP: exact" in out
-    for m in ("vjp", "lhs_dilated", "zero_insertion"):
+    assert "C.T @ x: exact" in out and "VJP: exact" in out and "(method='auto'): exact" in out
+    for m in FORMULATIONS:
         assert f"method={m!r}): exact" in out
     assert "(3 - 1)*1 - 0 - 0 + 1*(2 - 1) + 0 + 1 = 4" in out
     assert "= 11" in out  # the worked pixel y[2, 2]
