@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 
@@ -124,10 +125,16 @@ def init_conv_transpose(
     if not jnp.issubdtype(dtype, jnp.floating):
         raise TypeError(f"dtype={dtype!r} must be a floating dtype")
     bound = 1.0 / math.sqrt(_fan_in(out_channels, ks, groups))
-    wkey, bkey = jax.random.split(key)
     shape = (in_channels, out_channels // groups, *ks)
     if channels_last:
         shape = (*ks, in_channels, out_channels // groups)
+    weight, b = _draw(key, shape, out_channels if bias else 0, jnp.dtype(dtype), bound)
+    return weight, (b if bias else None)
+
+
+@functools.partial(jax.jit, static_argnums=(1, 2, 3, 4))
+def _draw(key, shape, bias_size, dtype, bound):
+    # One compiled program per layer configuration (split and both draws), not three.
+    wkey, bkey = jax.random.split(key)
     weight = jax.random.uniform(wkey, shape, dtype, -bound, bound)
-    b = jax.random.uniform(bkey, (out_channels,), dtype, -bound, bound) if bias else None
-    return weight, b
+    return weight, jax.random.uniform(bkey, (bias_size,), dtype, -bound, bound)
