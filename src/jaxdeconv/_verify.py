@@ -3,7 +3,10 @@
 On whatever backend JAX sees, each configuration of a built-in grid is computed
 by every formulation, with and without ``jax.jit``, and compared with the NumPy
 definition and (when installed and the arguments are expressible in it)
-PyTorch. Exit status 1 on any disagreement.
+PyTorch. Under jit, the gradients are checked too: reverse mode (the VJP with
+respect to input, weight and bias) against the NumPy definition's VJP and
+``torch.autograd``, forward mode (the JVP) against the bilinear form's
+derivative. Exit status 1 on any disagreement.
 """
 
 from __future__ import annotations
@@ -153,6 +156,15 @@ QUICK_NAMES = {
 }
 
 
+# --quick checks gradients on these (the full grid: everywhere).
+QUICK_GRADIENT_NAMES = {
+    "1d k3 s2 p1 op1",
+    "2d dilation>stride op>=stride",
+    "2d per-side padding",
+    "2d channels_last groups",
+}
+
+
 def _sweep_cases() -> list[Case]:
     cases = []
     for k, s, p, d, g in itertools.product((1, 2, 3, 4), (1, 2, 3), (0, 1, 2), (1, 2), (1, 2)):
@@ -244,14 +256,100 @@ def _from_layout(case: Case, y):
     return np.moveaxis(y, -1, -len(case.kernel) - 1)
 
 
+def _jit_gradients_work(method: str) -> bool:
+    """False when jax.jit of the formulation's derivatives aborts XLA (probed in a subprocess)."""
+    from .testing import jit_gradient_failure
+
+    return jit_gradient_failure(method) is None
+
+
 def _error(y, ref) -> float:
     if y.shape != ref.shape:
         return float("inf")
     return float(np.max(np.abs(y - ref), initial=0.0) / max(1.0, np.max(np.abs(ref), initial=0.0)))
 
 
-def run_case(case: Case, methods=None, jit_modes=(False, True)) -> list[dict]:
-    """Rows of ``{case, method, jit, err_numpy, err_torch, ok}`` for one case."""
+def _gradient_references(case: Case, x, w, b, xl, wl):
+    """Cotangent, tangents and float64 references for reverse and forward mode.
+
+    Arrays are in the case's layout (and batching). References: the NumPy
+    definition's VJP and, the operation being bilinear, ``T(tx, w) + T(x, tw) +
+    tb`` for the JVP (always), and ``torch.autograd`` (where torch can express
+    the case).
+    """
+    from . import testing
+    from ._shapes import make_spec, output_padding_for_size
+
+    rng = np.random.default_rng(zlib.crc32(case.name.encode()) + 1)
+    batched = (lambda a: a) if not case.unbatched else (lambda a: a[None])
+    spec = make_spec(
+        batched(xl).shape,
+        wl.shape,
+        case.stride,
+        case.padding,
+        case.output_padding,
+        case.groups,
+        case.dilation,
+        output_size=case.output_size,
+        channels_last=case.channels_last,
+    )
+    out_shape = spec.output_shape[1:] if case.unbatched else spec.output_shape
+    ct = rng.standard_normal(out_shape).astype(np.float32)
+    tx, tw = (rng.standard_normal(a.shape).astype(np.float32) for a in (xl, wl))
+    tb = None if b is None else rng.standard_normal(b.shape).astype(np.float32)
+    dx, dw, db = testing.numpy_conv_transpose_vjp(batched(xl), wl, batched(ct), spec)
+    rev = [dx[0] if case.unbatched else dx, dw] + ([] if b is None else [db])
+    fwd = testing.numpy_reference(batched(tx), wl, spec) + testing.numpy_reference(
+        batched(xl), tw, spec
+    )
+    if tb is not None:
+        fwd = fwd + tb.reshape([-1 if a == spec.channel_axis else 1 for a in range(fwd.ndim)])
+    fwd = fwd[0] if case.unbatched else fwd
+    rev_torch = None
+    if case.torch_expressible:
+        op = case.output_padding
+        if case.output_size is not None:
+            op = output_padding_for_size(
+                case.output_size,
+                spec.input_size,
+                case.kernel,
+                case.stride,
+                case.padding,
+                case.dilation,
+            )
+        try:
+            _, grads = testing.torch_reference(
+                x,
+                w,
+                b,
+                case.stride,
+                case.padding,
+                op,
+                case.groups,
+                case.dilation,
+                cotangent=_from_layout(case, ct),
+            )
+        except ImportError:
+            grads = None
+        if grads is not None:
+            gx, gw, gb = (*_to_layout(case, grads[0], grads[1]), grads[2])
+            rev_torch = [gx, gw] + ([] if b is None else [gb])
+    return (ct, tx, tw, tb), rev, fwd, rev_torch
+
+
+def _errors(got, refs) -> float:
+    return max(_error(np.asarray(g, np.float64), r) for g, r in zip(got, refs))
+
+
+def run_case(
+    case: Case, methods=None, jit_modes=(False, True), gradients: bool = True
+) -> list[dict]:
+    """Rows of ``{case, method, jit, err_numpy, err_torch, err_rev, err_fwd, ok}``.
+
+    With ``gradients``, the jitted rows also hold the reverse-mode (VJP w.r.t.
+    input, weight and bias) and forward-mode (JVP) errors, each the larger of
+    the errors against the NumPy definition and, where expressible, torch.
+    """
     x, w, b, _ = case.arrays()
     ref = (
         numpy_conv_transpose(
@@ -274,6 +372,8 @@ def run_case(case: Case, methods=None, jit_modes=(False, True)) -> list[dict]:
         channels_last=case.channels_last,
         precision="highest",
     )
+    if gradients:
+        tangents, rev_ref, fwd_ref, rev_torch = _gradient_references(case, x, w, b, xl, wl)
     rows = []
     tol = TOLERANCE["float32"]
     for method in methods or FORMULATIONS:
@@ -282,11 +382,35 @@ def run_case(case: Case, methods=None, jit_modes=(False, True)) -> list[dict]:
             def f(x_, w_, b_, method=method):
                 return conv_transpose(x_, w_, b_, method=method, **kwargs)
 
-            fn = jax.jit(f) if jit else f
-            y = _from_layout(case, np.asarray(fn(xl, wl, b), np.float64))
+            err_rev = err_fwd = None
+            grad_note = ""
+            if jit and gradients and not _jit_gradients_work(method):
+                grad_note = "jit of its gradients aborts XLA (probed in a subprocess)"
+            if jit and gradients and not grad_note:
+                ct, tx, tw, tb = tangents
+
+                def all_modes(x_, w_, b_, ct_, tx_, tw_, tb_, f=f):
+                    primals = (x_, w_) if b_ is None else (x_, w_, b_)
+                    tans = (tx_, tw_) if b_ is None else (tx_, tw_, tb_)
+                    g = (lambda *p: f(*p, None)) if b_ is None else f
+                    y_, pullback = jax.vjp(g, *primals)
+                    return y_, pullback(ct_), jax.jvp(g, primals, tans)[1]
+
+                y, rev, fwd = jax.jit(all_modes)(xl, wl, b, ct, tx, tw, tb)
+                err_rev = _errors(rev, rev_ref)
+                if rev_torch is not None:
+                    err_rev = max(err_rev, _errors(rev, rev_torch))
+                err_fwd = _error(np.asarray(fwd, np.float64), fwd_ref)
+            else:
+                fn = jax.jit(f) if jit else f
+                y = fn(xl, wl, b)
+            y = _from_layout(case, np.asarray(y, np.float64))
             err_np = _error(y, ref) if ref is not None else None
             err_t = _error(y, ref_t) if ref_t is not None else None
             errs = [e for e in (err_np, err_t) if e is not None]
+            grad_ok = not (jit and gradients) or (
+                err_rev is not None and max(err_rev, err_fwd) <= tol
+            )
             rows.append(
                 dict(
                     case=case.describe(),
@@ -295,7 +419,10 @@ def run_case(case: Case, methods=None, jit_modes=(False, True)) -> list[dict]:
                     jit=jit,
                     err_numpy=err_np,
                     err_torch=err_t,
-                    ok=bool(errs) and max(errs) <= tol,
+                    err_rev=err_rev,
+                    err_fwd=err_fwd,
+                    grad_note=grad_note,
+                    ok=bool(errs) and max(errs) <= tol and grad_ok,
                 )
             )
     return rows
@@ -333,7 +460,13 @@ def main(argv=None) -> int:
         choices=sorted(FORMULATIONS),
         help="only these formulations (repeatable)",
     )
+    parser.add_argument(
+        "--no-gradients",
+        action="store_true",
+        help="skip the reverse- and forward-mode gradient checks",
+    )
     args = parser.parse_args(argv)
+    gradients = not args.no_gradients
     start = time.perf_counter()
     try:
         import torch
@@ -358,14 +491,29 @@ def main(argv=None) -> int:
         f"formulations x (eager, jit); error = max|y - ref| / max(1, max|ref|), "
         f"tolerance {TOLERANCE['float32']:g}"
     )
-    print(f"  {'configuration':<66} {'method':<15} {'jit':<5} {'vs numpy':>9} {'vs torch':>9}  ok")
+    if gradients:
+        print(
+            "  grad rev: VJP w.r.t. input, weight and bias; grad fwd: JVP; both under jit, "
+            "against the NumPy definition and torch.autograd (where expressible)"
+            + (f"; --quick: {len(QUICK_GRADIENT_NAMES)} configurations" if args.quick else "")
+        )
+    print(
+        f"  {'configuration':<66} {'method':<15} {'jit':<5} {'vs numpy':>9} {'vs torch':>9} "
+        f"{'grad rev':>9} {'grad fwd':>9}  ok"
+    )
     rows = []
     for case in cases:
-        for r in run_case(case, args.method):
+        check_grads = gradients and (not args.quick or case.name in QUICK_GRADIENT_NAMES)
+        for r in run_case(case, args.method, gradients=check_grads):
             rows.append(r)
+            grads = (
+                f"{_fmt(r['err_rev'])} {_fmt(r['err_fwd'])}"
+                if r["jit"] and not r["grad_note"]
+                else ("  XLA abort  XLA abort" if r["grad_note"] else f"{'-':>9} {'-':>9}")
+            )
             print(
                 f"  {r['case'][:66]:<66} {r['method']:<15} {r['jit']!s:<5} "
-                f"{_fmt(r['err_numpy'])} {_fmt(r['err_torch'])}  "
+                f"{_fmt(r['err_numpy'])} {_fmt(r['err_torch'])} {grads}  "
                 f"{'ok' if r['ok'] else 'FAIL'}",
                 flush=True,
             )
@@ -374,13 +522,26 @@ def main(argv=None) -> int:
         (max(e for e in (r["err_numpy"], r["err_torch"]) if e is not None) for r in rows),
         default=0.0,
     )
+    grad_rows = [r for r in rows if r["err_rev"] is not None]
+    worst_grad = max((max(r["err_rev"], r["err_fwd"]) for r in grad_rows), default=0.0)
+    aborted = sorted({r["method"] for r in rows if r["grad_note"]})
     torch_rows = sum(r["err_torch"] is not None for r in rows)
     print(
         f"\nSummary: seed {sum(r['ok'] for r in seed_rows)}/{len(seed_rows)} exact; "
         f"{sum(r['ok'] for r in rows)}/{len(rows)} rows agree ({torch_rows} also against torch), "
-        f"worst error {worst:.2e}, "
-        f"{time.perf_counter() - start:.1f}s"
+        f"worst error {worst:.2e}; "
+        + (
+            f"gradients (reverse and forward mode) checked in {len(grad_rows)} rows, "
+            f"worst error {worst_grad:.2e}; "
+            if gradients
+            else "gradients not checked; "
+        )
+        + f"{time.perf_counter() - start:.1f}s"
     )
+    for method in aborted:
+        from .testing import jit_gradient_failure
+
+        print(f"FAIL {method}: jax.jit of its gradients aborts XLA: {jit_gradient_failure(method)}")
     if failed:
         print(f"FAILED: {len(failed)} disagreement(s)")
         return 1
