@@ -152,13 +152,17 @@ def zero_insertion(x, w, spec, *, precision=None, preferred_element_type=None):
     times as many as the kernel; every inserted zero is also multiplied.
     """
     n = spec.ndim
-    dilated_size = tuple((i - 1) * s + 1 for i, s in zip(spec.input_size, spec.stride))
-    shape = list(x.shape)
     axes = range(1, n + 1) if spec.channels_last else range(2, n + 2)
-    for ax, size in zip(axes, dilated_size):
-        shape[ax] = size
-    z = jnp.zeros(shape, x.dtype)
-    z = z.at[_spatial_index(spec, tuple(slice(None, None, s) for s in spec.stride))].set(x)
+    # Zeros are inserted with lax.pad's interior padding, not a strided scatter:
+    # jit of the VJP of a conv fed by a full-window scatter aborts XLA:CPU
+    # (jax 0.10.2, "Invalid binary instruction opcode map"), and XLA's SPMD
+    # partitioner shards a pad with halos where it all-gathers a scatter. The
+    # outer padding is a separate, non-negative pad followed by a crop (a
+    # negative low pad next to interior padding crashes the partitioner).
+    inserted = [(0, 0, 0)] * x.ndim
+    for ax, s in zip(axes, spec.stride):
+        inserted[ax] = (0, 0, s - 1)
+    z = lax.pad(x, jnp.zeros((), x.dtype), inserted)
 
     pads = spec.lhs_dilated_padding
     widths = [(0, 0)] * z.ndim
@@ -169,14 +173,10 @@ def zero_insertion(x, w, spec, *, precision=None, preferred_element_type=None):
     z = z[_spatial_index(spec, crop)]
 
     k = flipped_kernel(w, spec)
-    k_shape = list(k.shape)
-    k_axes = _kernel_spatial_axes(spec)
-    for ax, size in zip(k_axes, spec.effective_kernel_size):
-        k_shape[ax] = size
-    taps = [slice(None)] * k.ndim
-    for ax, d in zip(k_axes, spec.dilation):
-        taps[ax] = slice(None, None, d)
-    k = jnp.zeros(k_shape, k.dtype).at[tuple(taps)].set(k)
+    taps = [(0, 0, 0)] * k.ndim
+    for ax, d in zip(_kernel_spatial_axes(spec), spec.dilation):
+        taps[ax] = (0, 0, d - 1)
+    k = lax.pad(k, jnp.zeros((), k.dtype), taps)
 
     return lax.conv_general_dilated(
         z,
