@@ -47,11 +47,17 @@ TABLE = {
     ("vjp", "spatial", True): "all-gather",
     ("vjp", "out_channels", True): "all-gather",
     ("zero_insertion", "batch", False): "none",
-    ("zero_insertion", "spatial", False): "all-gather",
+    ("zero_insertion", "spatial", False): "halo",
     ("zero_insertion", "out_channels", False): "none",
     ("zero_insertion", "batch", True): "all-gather",
     ("zero_insertion", "spatial", True): "all-gather",
     ("zero_insertion", "out_channels", True): "all-gather",
+    ("phase", "batch", False): "none",
+    ("phase", "spatial", False): "halo",
+    ("phase", "out_channels", False): "none",
+    ("phase", "batch", True): "all-gather",
+    ("phase", "spatial", True): "all-gather",
+    ("phase", "out_channels", True): "all-gather",
 }
 # What the issue asks of every path users reach through "auto" and the sharding module.
 WANTED = {"batch": "none", "spatial": "halo", "out_channels": "none"}
