@@ -9,6 +9,7 @@ import sys
 COMMANDS = {
     "verify": ("jaxdeconv._verify", "reproduce the seed and cross-check every formulation"),
     "explain": ("jaxdeconv._explain", "walk through a transposed convolution step by step"),
+    "bench": ("jaxdeconv._bench", "time every formulation and the baselines on real layers"),
 }
 
 
