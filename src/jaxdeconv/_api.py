@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 from collections.abc import Sequence
@@ -94,6 +95,23 @@ def _check_array(name: str, value) -> jax.Array:
             f"got {arr.dtype}; cast it first, e.g. {name}.astype(jnp.float32)"
         )
     return arr
+
+
+def _on_several_devices(*arrays) -> bool:
+    """Whether the arrays (concrete or traced) are placed on a mesh of several devices."""
+    try:
+        if jax.sharding.get_abstract_mesh().size > 1:
+            return True
+    except (AttributeError, ValueError):
+        pass
+    for a in arrays:
+        mesh = getattr(getattr(jax.typeof(a), "sharding", None), "mesh", None)
+        if mesh is not None and getattr(mesh, "size", 1) > 1:
+            return True
+        sharding = getattr(a, "sharding", None)  # a concrete array
+        if sharding is not None and len(getattr(sharding, "device_set", ())) > 1:
+            return True
+    return False
 
 
 def conv_transpose(
@@ -222,9 +240,14 @@ def conv_transpose(
     name = _formulations.choose(spec) if method == "auto" else method
     if name == "zero_insertion":
         _check_zero_insertion_memory(spec, dtype)
-    y = _formulations.FORMULATIONS[name](
-        x, w, spec, precision=precision, preferred_element_type=preferred_element_type
-    )
+    fn = _formulations.FORMULATIONS[name]
+    if method == "auto" and spec.groups > 1 and _on_several_devices(x, w):
+        # XLA's partitioner all-gathers any convolution with feature_group_count > 1;
+        # one ungrouped convolution per group partitions with halos only.
+        from .sharding import per_group
+
+        fn = functools.partial(per_group, base=name)
+    y = fn(x, w, spec, precision=precision, preferred_element_type=preferred_element_type)
     if b is not None:
         shape = [1] * y.ndim
         shape[spec.channel_axis] = spec.out_channels

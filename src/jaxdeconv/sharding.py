@@ -7,21 +7,15 @@ Two ways to run :func:`jaxdeconv.conv_transpose` over several devices:
   :func:`jax.jit`. XLA's SPMD partitioner then splits the work. Sharded by batch,
   no device talks to another; sharded along a spatial axis, neighbours swap thin
   halos (``collective-permute``); with the weight sharded over output channels,
-  each device computes its own channels. This holds for ``groups == 1`` with the
-  ``"vjp"`` and ``"lhs_dilated"`` formulations. It fails in two known places:
-
-  - any convolution with ``feature_group_count > 1`` (``groups > 1``) makes the
-    partitioner all-gather the whole activation, batch included, and the weight
-    when it is sharded: every registered formulation passes ``groups`` to XLA
-    that way;
-  - ``"zero_insertion"`` scatters the input into a zero-inserted buffer, and the
-    partitioner all-gathers the input for that scatter when it is spatially
-    sharded.
-
-  :func:`conv_transpose` here is the same function with a ``method="auto"``
-  that avoids both: a formulation from :data:`HALO_SAFE`, and for
-  ``groups > 1`` :func:`per_group`, one ungrouped convolution per group, which
-  partitions with halos only.
+  each device computes its own channels. This holds for ``groups == 1`` with
+  every registered formulation (:data:`HALO_SAFE`). It fails for any
+  convolution with ``feature_group_count > 1`` (``groups > 1``): the
+  partitioner all-gathers the whole activation, batch included, and the weight
+  when it is sharded, and every registered formulation passes ``groups`` to XLA
+  that way. So :func:`jaxdeconv.conv_transpose` with ``method="auto"``, when
+  its arrays are placed on several devices, runs a grouped layer through
+  :func:`per_group`, one ungrouped convolution per group, which partitions
+  with halos only; :func:`conv_transpose` here does the same for every method.
 
   Along a sharded spatial axis the *output* size must also divide by the
   number of devices; otherwise the partitioner returns it replicated, through
@@ -90,7 +84,7 @@ COLLECTIVES = (
 )
 """The collective operations :func:`collectives` counts, by their HLO names."""
 
-HALO_SAFE = ("lhs_dilated", "vjp")
+HALO_SAFE = ("lhs_dilated", "vjp", "zero_insertion", "phase")
 """Formulations that XLA's partitioner splits with halo exchanges only (``groups == 1``).
 
 Checked by ``tests/test_sharding.py`` on batch and spatial sharding, 1-3 d.
