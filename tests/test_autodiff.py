@@ -29,7 +29,6 @@ CASES = {
     "2d dilation>stride op>=stride": dict(
         x=(1, 2, 3, 3), w=(2, 2, 3, 2), stride=2, padding=1, output_padding=(2, 1), dilation=(3, 2)
     ),
-    "2d padding>dilation*(k-1)": dict(x=(1, 2, 6, 5), w=(2, 2, 2, 3), stride=3, padding=(3, 4)),
     "3d k2 s2 groups": dict(x=(1, 2, 2, 2, 2), w=(2, 1, 2, 2, 2), stride=2, groups=2),
     "2d per-side channels_last": dict(
         x=(2, 2, 3, 3),
@@ -42,9 +41,6 @@ CASES = {
     "1d SAME k3 s2": dict(x=(1, 2, 4), w=(2, 2, 3), stride=2, padding="SAME"),
     "1d per-side channels_last": dict(
         x=(1, 2, 3), w=(2, 2, 3), stride=2, padding=((0, 1),), output_padding=1, channels_last=True
-    ),
-    "2d VALID k2 s3 channels_last": dict(
-        x=(1, 2, 2, 3), w=(2, 2, 2, 2), stride=3, padding="VALID", channels_last=True
     ),
 }
 TORCH_CASES = [
@@ -76,7 +72,7 @@ def setup(name, dtype=np.float32, seed=0):
 
 def require_jit_gradients(method):
     """Fail (not abort the run) when jitted derivatives of ``method`` crash XLA."""
-    failure = testing.jit_gradient_failure(method)
+    failure = testing.jit_gradient_failures()[method]
     if failure is not None:
         pytest.fail(
             f"jax.jit of the derivatives of formulation {method!r} kills the process "
@@ -129,7 +125,7 @@ def test_jitted_gradients_do_not_abort_xla(method):
     map". Minimal: ``jax.jit(lambda x, w, ct: jax.vjp(lambda x: lax.conv_general_dilated(
     x, jnp.zeros_like(w).at[:, :, ::1].set(w), (1,), "VALID"), x)[1](ct)[0])``.
     """
-    failure = testing.jit_gradient_failure(method)
+    failure = testing.jit_gradient_failures()[method]
     assert failure is None, f"formulation {method!r}: {failure}"
 
 

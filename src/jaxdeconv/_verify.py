@@ -486,6 +486,10 @@ def main(argv=None) -> int:
             f"{r['value']}"
         )
     cases = grid(args.quick)
+    if gradients:
+        from .testing import jit_gradient_failures
+
+        jit_gradient_failures(args.method or list(FORMULATIONS))  # one subprocess, cached
     print(
         f"\nCross-check, {len(cases)} configurations x {len(args.method or FORMULATIONS)} "
         f"formulations x (eager, jit); error = max|y - ref| / max(1, max|ref|), "

@@ -71,6 +71,7 @@ __all__ = [
     "check_transpose_pair",
     "forward_conv",
     "jit_gradient_failure",
+    "jit_gradient_failures",
     "numpy_conv_transpose_vjp",
     "numpy_reference",
     "random_arrays",
@@ -619,18 +620,20 @@ def torch_reference(
 
 
 _PROBE = """
-import jax, jax.numpy as jnp, jaxdeconv
-fn = jaxdeconv.FORMULATIONS[{method!r}]
+import sys, jax, jax.numpy as jnp, jaxdeconv
 spec = jaxdeconv.make_spec((2, 2, 5), (2, 3, 3), stride=2, padding=1, output_padding=1)
-def f(x, w):
-    return fn(x, w, spec)
-def derivatives(x, w, ct):
-    def loss(x, w):
-        return jnp.sum(jax.grad(lambda x: jnp.sum(f(x, w) ** 2))(x))
-    return jax.vjp(f, x, w)[1](ct), jax.jvp(f, (x, w), (x, w))[1], jax.grad(loss, (0, 1))(x, w)
 x, w, ct = jnp.ones((2, 2, 5)), jnp.ones((2, 3, 3)), jnp.ones(spec.output_shape)
-jax.block_until_ready(jax.jit(derivatives)(x, w, ct))
-print("ok")
+for method in sys.argv[1:]:
+    print("start", method, flush=True)
+    fn = jaxdeconv.FORMULATIONS[method]
+    def f(x, w):
+        return fn(x, w, spec)
+    def derivatives(x, w, ct):
+        def loss(x, w):
+            return jnp.sum(jax.grad(lambda x: jnp.sum(f(x, w) ** 2))(x))
+        return jax.vjp(f, x, w)[1](ct), jax.jvp(f, (x, w), (x, w))[1], jax.grad(loss, (0, 1))(x, w)
+    jax.block_until_ready(jax.jit(derivatives)(x, w, ct))
+    print("ok", method, flush=True)
 """
 
 
@@ -644,34 +647,45 @@ def jit_gradient_failure(method: str) -> str | None:
     instead of raising, which would take a test run (or ``jaxdeconv verify``)
     down with it. This runs ``jax.jit`` of the VJP, the JVP and a second
     derivative of ``FORMULATIONS[method]`` on a tiny configuration in a fresh
-    interpreter. The first call probes every registered formulation at once, in
-    parallel processes; results are cached per process.
+    interpreter. Results are cached per process; :func:`jit_gradient_failures`
+    probes several formulations in one interpreter.
 
     Returns:
       ``None`` when it works, else the tail of the failed process's output.
     """
-    if method not in _PROBED:
-        _probe([method, *(m for m in FORMULATIONS if m not in _PROBED and m != method)])
-    return _PROBED[method]
+    return jit_gradient_failures([method])[method]
+
+
+def jit_gradient_failures(methods=None) -> dict[str, str | None]:
+    """:func:`jit_gradient_failure` of several formulations (default: all registered).
+
+    The uncached ones are probed in one interpreter, a new one after each abort.
+    """
+    methods = list(FORMULATIONS if methods is None else methods)
+    todo = [m for m in methods if m not in _PROBED]
+    if todo:
+        _probe(todo)
+    return {m: _PROBED[m] for m in methods}
 
 
 def _probe(methods) -> None:
+    """One interpreter probes the methods in turn; after an abort, a new one goes on."""
     import subprocess
     import sys
 
-    procs = {
-        m: subprocess.Popen(
-            [sys.executable, "-c", _PROBE.format(method=m)],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
+    todo = list(methods)
+    while todo:
+        proc = subprocess.run(
+            [sys.executable, "-c", _PROBE, *todo], capture_output=True, text=True, timeout=600
         )
-        for m in methods
-    }
-    for m, proc in procs.items():
-        out, err = proc.communicate(timeout=300)
-        if proc.returncode == 0 and out.strip().endswith("ok"):
+        passed = [ln.split()[1] for ln in proc.stdout.splitlines() if ln.startswith("ok ")]
+        for m in passed:
             _PROBED[m] = None
+        todo = [m for m in todo if m not in passed]
+        if proc.returncode == 0 or not todo:
             continue
-        lines = [ln for ln in (err or out).splitlines() if not ln.startswith("    @")]
-        _PROBED[m] = f"exit status {proc.returncode}: " + "\n".join(lines[-8:])
+        started = [ln.split()[1] for ln in proc.stdout.splitlines() if ln.startswith("start ")]
+        culprit = next((m for m in started if m in todo), todo[0])
+        lines = [ln for ln in proc.stderr.splitlines() if not ln.startswith("    @")]
+        _PROBED[culprit] = f"exit status {proc.returncode}: " + "\n".join(lines[-8:])
+        todo.remove(culprit)
