@@ -118,12 +118,13 @@ def test_jit_and_vmap(method):
 def test_jitted_gradients_do_not_abort_xla(method):
     """jax.jit of VJP, JVP and a second derivative runs, in a fresh interpreter.
 
-    Regression: zero_insertion builds its dilated kernel with
+    Regression: zero_insertion built its dilated kernel with
     ``jnp.zeros(...).at[::d].set(k)``; for dilation 1 that is a full-window
-    scatter, and jax.jit of the input VJP of a conv through it aborts XLA:CPU
+    scatter, and jax.jit of the input VJP of a conv through it aborted XLA:CPU
     (jax 0.10.2) with "hlo_instruction.cc: Invalid binary instruction opcode
-    map". Minimal: ``jax.jit(lambda x, w, ct: jax.vjp(lambda x: lax.conv_general_dilated(
-    x, jnp.zeros_like(w).at[:, :, ::1].set(w), (1,), "VALID"), x)[1](ct)[0])``.
+    map", killing the test run. Minimal: ``jax.jit(lambda x, w, ct: jax.vjp(lambda x:
+    lax.conv_general_dilated(x, jnp.zeros_like(w).at[:, :, ::1].set(w), (1,), "VALID"),
+    x)[1](ct)[0])``. The other tests here fail (instead of aborting) when this does.
     """
     failure = testing.jit_gradient_failures()[method]
     assert failure is None, f"formulation {method!r}: {failure}"
