@@ -197,8 +197,48 @@ def _out_dtype(dtype, preferred_element_type):
     return np.dtype(preferred_element_type) if preferred_element_type is not None else dtype
 
 
+def _interleave(outs, spec, dtype, *, native=False):
+    """Depth-to-space: phase outputs ``{p: [N, *n_p, C_out]}`` -> the output, spec layout.
+
+    With ``native`` the phase outputs are already in spec's layout.
+    """
+    n = spec.ndim
+    cl = spec.channels_last or not native
+    sp = list(range(1, n + 1)) if cl else list(range(2, n + 2))
+    q = tuple(-(-o // s) for o, s in zip(spec.output_size, spec.stride))
+    shape = [spec.batch, *q, spec.out_channels] if cl else [spec.batch, spec.out_channels, *q]
+    parts = []
+    for p in itertools.product(*(range(s) for s in spec.stride)):
+        y = outs.get(p)
+        if y is None:
+            parts.append(jnp.zeros(shape, dtype))
+            continue
+        pads = [(0, 0, 0)] * (n + 2)
+        for ax, qi in zip(sp, q):
+            pads[ax] = (0, qi - y.shape[ax], 0)
+        parts.append(lax.pad(y.astype(dtype), jnp.zeros((), dtype), pads))
+    y = jnp.stack(parts, axis=-1).reshape(*shape, *spec.stride)
+    perm = []
+    for a in range(n + 2):
+        perm.append(a)
+        if a in sp:
+            perm.append(n + 2 + sp.index(a))
+    y = y.transpose(perm)
+    final = list(shape)
+    for ax, qi, s in zip(sp, q, spec.stride):
+        final[ax] = qi * s
+    y = y.reshape(final)
+    index = [slice(None)] * (n + 2)
+    for ax, o in zip(sp, spec.output_size):
+        index[ax] = slice(0, o)
+    y = y[tuple(index)]
+    return y if native else _from_cl(y, spec)
+
+
 def _forward_impl(x, w, *, spec, precision, preferred_element_type):
     """The transposed convolution, phase by phase (see the module docstring)."""
+    if _elementwise(spec):
+        return _forward_elementwise(x, w, spec=spec, preferred_element_type=preferred_element_type)
     plan = phase_plan(spec)
     n = spec.ndim
     g = spec.groups
@@ -245,28 +285,126 @@ def _forward_impl(x, w, *, spec, precision, preferred_element_type):
             outs[tuple(ph.p for ph in mem)] = y[idx].reshape(
                 spec.batch, *(ph.n for ph in mem), spec.out_channels
             )
-    q = tuple(-(-o // s) for o, s in zip(spec.output_size, spec.stride))
-    parts = []
-    for p in itertools.product(*(range(s) for s in spec.stride)):
-        y = outs.get(p)
-        if y is None:
-            parts.append(jnp.zeros((spec.batch, *q, spec.out_channels), dtype))
-        else:
-            pads = [(0, qi - ni, 0) for qi, ni in zip(q, y.shape[1:-1])]
-            parts.append(
-                lax.pad(y.astype(dtype), jnp.zeros((), dtype), [(0, 0, 0), *pads, (0, 0, 0)])
-            )
-    y = jnp.stack(parts, axis=-2).reshape(spec.batch, *q, *spec.stride, spec.out_channels)
-    perm = (0, *itertools.chain.from_iterable((1 + i, 1 + n + i) for i in range(n)), 2 * n + 1)
-    y = y.transpose(perm).reshape(
-        spec.batch, *(qi * s for qi, s in zip(q, spec.stride)), spec.out_channels
+    return _interleave(outs, spec, dtype)
+
+
+# Depthwise-like layers (one input channel per group, few outputs per group): XLA:CPU's
+# grouped convolutions are slow there, and the work is memory-bound anyway, so each
+# phase is a fused sum of (broadcast) products, one per tap.
+ELEMENTWISE_MAX_OUT_PER_GROUP = 4
+
+
+def _elementwise(spec: ConvTransposeSpec) -> bool:
+    return (
+        spec.groups > 1
+        and spec.in_channels == spec.groups
+        and spec.out_channels // spec.groups <= ELEMENTWISE_MAX_OUT_PER_GROUP
     )
-    y = y[(slice(None), *(slice(0, o) for o in spec.output_size), slice(None))]
-    return _from_cl(y, spec)
+
+
+def _forward_elementwise(x, w, *, spec, preferred_element_type):
+    """Per phase, a fused sum over taps of input slices times per-channel weights.
+
+    Works in spec's own layout (no transposes): ``[N, g, 1, *sp] * [g, cog, 1..]``.
+    """
+    plan = phase_plan(spec, 0.0)
+    n, g = spec.ndim, spec.groups
+    cog = spec.out_channels // g
+    dtype = _out_dtype(jnp.result_type(x.dtype, w.dtype), preferred_element_type)
+    x = x.astype(dtype)
+    if spec.channels_last:
+        xe, we = x[..., None], w.astype(dtype)  # [N, *sp, g, 1], [*k, g, cog]
+    else:
+        xe = x[:, :, None]  # [N, g, 1, *sp]
+        we = jnp.moveaxis(w.astype(dtype), (0, 1), (-2, -1))  # [*k, g, cog]
+    sp = list(range(1, n + 1)) if spec.channels_last else list(range(3, n + 3))
+    outs = {}
+    for mem in itertools.product(*plan.phases):
+        if any(not ph.taps for ph in mem):
+            continue
+        pads = [(0, 0, 0)] * xe.ndim
+        for ax, ph, i in zip(sp, mem, spec.input_size):
+            pads[ax] = (ph.lo, ph.n + (len(ph.taps) - 1) * ph.dil - i - ph.lo, 0)
+        xp = lax.pad(xe, jnp.zeros((), dtype), pads)
+        acc = None
+        for us in itertools.product(*(range(len(ph.taps)) for ph in mem)):
+            index = [slice(None)] * xe.ndim
+            for ax, u, ph in zip(sp, us, mem):
+                index[ax] = slice(u * ph.dil, u * ph.dil + ph.n)
+            v = we[tuple(ph.taps[u] for u, ph in zip(us, mem))]  # [g, cog]
+            if not spec.channels_last:
+                v = v.reshape(g, cog, *(1,) * n)
+            term = xp[tuple(index)] * v
+            acc = term if acc is None else acc + term
+        sizes = [ph.n for ph in mem]
+        shape = (
+            (spec.batch, *sizes, g * cog) if spec.channels_last else (spec.batch, g * cog, *sizes)
+        )
+        outs[tuple(ph.p for ph in mem)] = acc.reshape(shape)
+    return _interleave(outs, spec, dtype, native=True)
+
+
+def _grouped_native(a, spec, per_group):
+    """Split the channel axis into ``[g, per_group]`` in spec's layout; spatial axes."""
+    n = spec.ndim
+    if spec.channels_last:
+        return a.reshape(*a.shape[:-1], spec.groups, per_group), list(range(1, n + 1))
+    return a.reshape(a.shape[0], spec.groups, per_group, *a.shape[2:]), list(range(3, n + 3))
+
+
+def _tap_slices(g, spec):
+    """``g`` at the full-result positions ``i * s + j * d`` of every input ``i``, per tap.
+
+    ``g`` is grouped (:func:`_grouped_native`); yields ``(tap, slice)``.
+    """
+    cog = spec.out_channels // spec.groups
+    ge, sp = _grouped_native(g, spec, cog)
+    pads = [(0, 0, 0)] * ge.ndim
+    for ax, (lo, hi) in zip(sp, spec.crop):
+        pads[ax] = (lo, hi, 0)  # back to the full (uncropped) result
+    gp = lax.pad(ge, jnp.zeros((), ge.dtype), pads)
+    for tap in np.ndindex(*spec.kernel_size):
+        start, limit, strides = [0] * gp.ndim, list(gp.shape), [1] * gp.ndim
+        for ax, j, d, i, s in zip(sp, tap, spec.dilation, spec.input_size, spec.stride):
+            start[ax], limit[ax], strides[ax] = j * d, j * d + (i - 1) * s + 1, s
+        yield tap, lax.slice(gp, start, limit, strides)
+
+
+def _w_taps(w, spec):
+    """The weight as ``[*k, g, cog]`` (one input channel per group)."""
+    return w if spec.channels_last else jnp.moveaxis(w, (0, 1), (-2, -1))
+
+
+def _input_grad_elementwise(g, w, *, spec, preferred_element_type):
+    n = spec.ndim
+    dtype = _out_dtype(jnp.result_type(g.dtype, w.dtype), preferred_element_type)
+    wt = _w_taps(w.astype(dtype), spec)
+    cax = -1 if spec.channels_last else 2
+    acc = None
+    for tap, sl in _tap_slices(g.astype(dtype), spec):
+        v = wt[tap] if spec.channels_last else wt[tap].reshape(*wt.shape[-2:], *(1,) * n)
+        term = (sl * v).sum(cax)
+        acc = term if acc is None else acc + term
+    return acc
+
+
+def _weight_grad_elementwise(x, g, *, spec, preferred_element_type):
+    n = spec.ndim
+    dtype = _out_dtype(jnp.result_type(x.dtype, g.dtype), preferred_element_type)
+    xe, sp = _grouped_native(x.astype(dtype), spec, 1)
+    axes = (0, *sp)
+    taps = [(xe * sl).sum(axes) for _, sl in _tap_slices(g.astype(dtype), spec)]
+    wt = jnp.stack(taps).reshape(*spec.kernel_size, spec.groups, -1)  # [*k, g, cog]
+    del n
+    return wt if spec.channels_last else jnp.moveaxis(wt, (-2, -1), (0, 1))
 
 
 def _input_grad_impl(g, w, *, spec, precision, preferred_element_type):
     """Transpose in ``x``: the strided forward convolution of ``g`` with ``w``."""
+    if _elementwise(spec):
+        return _input_grad_elementwise(
+            g, w, spec=spec, preferred_element_type=preferred_element_type
+        )
     from ._formulations import _dimension_numbers
 
     return lax.conv_general_dilated(
@@ -284,6 +422,10 @@ def _input_grad_impl(g, w, *, spec, precision, preferred_element_type):
 
 def _weight_grad_impl(x, g, *, spec, precision, preferred_element_type):
     """Transpose in ``w``: per phase, one GEMM of input patches with the phase's cotangent."""
+    if _elementwise(spec):
+        return _weight_grad_elementwise(
+            x, g, spec=spec, preferred_element_type=preferred_element_type
+        )
     plan = phase_plan(spec, 0.0)
     grp = spec.groups
     cig, cog = spec.in_channels // grp, spec.out_channels // grp
