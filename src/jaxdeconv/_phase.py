@@ -235,6 +235,57 @@ def _interleave(outs, spec, dtype, *, native=False):
     return y if native else _from_cl(y, spec)
 
 
+def _stride1_conv(x, k, pads, dils, groups, *, precision, preferred_element_type):
+    """Stride-1 channels-last convolution ``[N, *sp, C] * [*T, C/g, O]``.
+
+    With 3 or more spatial dimensions, the leading ones are folded into channels
+    (their tap slices stacked) and batch, so XLA:CPU runs a 2-d convolution, which it
+    does about twice as fast as a 3-d one (measured on the bench's 3-d layers).
+    """
+    n = x.ndim - 2
+    if n < 3:
+        return lax.conv_general_dilated(
+            x,
+            k,
+            window_strides=(1,) * n,
+            padding=pads,
+            rhs_dilation=dils,
+            dimension_numbers=_cl_dims(n),
+            feature_group_count=groups,
+            precision=precision,
+            preferred_element_type=preferred_element_type,
+        )
+    lead = n - 2
+    t_lead = k.shape[:lead]
+    x = _pad_spatial(x, [*pads[:lead], (0, 0), (0, 0)])
+    sizes = [x.shape[1 + a] - (t - 1) * d for a, (t, d) in enumerate(zip(t_lead, dils))]
+    slices = []
+    for us in np.ndindex(*t_lead):
+        index = [slice(None)] * x.ndim
+        for a, (u, d, size) in enumerate(zip(us, dils, sizes)):
+            index[1 + a] = slice(u * d, u * d + size)
+        slices.append(x[tuple(index)])
+    c = x.shape[-1]
+    xs = jnp.stack(slices, axis=-2)  # [N, *L, H, W, T, C]
+    t = xs.shape[-2]
+    xs = xs.reshape(*xs.shape[:-2], t, groups, c // groups)
+    xs = jnp.swapaxes(xs, -3, -2).reshape(-1, *xs.shape[1 + lead : n + 1], groups * t * c // groups)
+    kk = k.reshape(t, *k.shape[lead:n], k.shape[-2], k.shape[-1])
+    kk = jnp.moveaxis(kk, 0, 2).reshape(*k.shape[lead:n], t * k.shape[-2], k.shape[-1])
+    y = lax.conv_general_dilated(
+        xs,
+        kk,
+        window_strides=(1, 1),
+        padding=pads[lead:],
+        rhs_dilation=dils[lead:],
+        dimension_numbers=_cl_dims(2),
+        feature_group_count=groups,
+        precision=precision,
+        preferred_element_type=preferred_element_type,
+    )
+    return y.reshape(x.shape[0], *sizes, *y.shape[1:])
+
+
 def _forward_impl(x, w, *, spec, precision, preferred_element_type):
     """The transposed convolution, phase by phase (see the module docstring)."""
     if _elementwise(spec):
@@ -262,14 +313,12 @@ def _forward_impl(x, w, *, spec, precision, preferred_element_type):
             (grp.lo, grp.size + (grp.n_taps - 1) * grp.dil - i - grp.lo)
             for grp, i in zip(combo, spec.input_size)
         ]
-        y = lax.conv_general_dilated(
+        y = _stride1_conv(
             xc,
             k,
-            window_strides=(1,) * n,
-            padding=pads,
-            rhs_dilation=tuple(grp.dil for grp in combo),
-            dimension_numbers=_cl_dims(n),
-            feature_group_count=g,
+            pads,
+            tuple(grp.dil for grp in combo),
+            g,
             precision=precision,
             preferred_element_type=preferred_element_type,
         )
