@@ -456,69 +456,72 @@ def _input_grad_impl(g, w, *, spec, precision, preferred_element_type):
         )
     from ._formulations import _dimension_numbers
 
-    return lax.conv_general_dilated(
-        g,
-        w,
+    # Channels-last inside (XLA:CPU's convolutions are about 10% faster there, measured
+    # on the bench's 2-d layers), spec's layout outside.
+    cl = dataclasses.replace(spec, channels_last=True)
+    dx = lax.conv_general_dilated(
+        _to_cl(g, spec),
+        _w_to_cl(w, spec),
         window_strides=spec.stride,
         padding=spec.crop,
         rhs_dilation=spec.dilation,
-        dimension_numbers=_dimension_numbers(spec, kernel="torch"),
+        dimension_numbers=_dimension_numbers(cl, kernel="torch"),
         feature_group_count=spec.groups,
         precision=precision,
         preferred_element_type=preferred_element_type,
     )
+    return _from_cl(dx, spec)
 
 
 def _weight_grad_impl(x, g, *, spec, precision, preferred_element_type):
-    """Transpose in ``w``: per phase, one GEMM of input patches with the phase's cotangent."""
+    """Transpose in ``w``: one GEMM per tap, of the tap's input window with its phase's ``g``.
+
+    Tap ``j`` only ever meets the output phase whose residue it serves, so its gradient
+    is ``sum_{n, q} xpad[n, q + u * dil, c_in] * g[n, p + s * q, c_out]``: a dot of two
+    strided views contracting batch and space, in spec's own layout (measured faster on
+    XLA:CPU than stacking patches or transposing to channels-last first).
+    """
     if _elementwise(spec):
         return _weight_grad_elementwise(
             x, g, spec=spec, preferred_element_type=preferred_element_type
         )
     plan = phase_plan(spec, 0.0)
-    grp = spec.groups
+    n, grp = spec.ndim, spec.groups
     cig, cog = spec.in_channels // grp, spec.out_channels // grp
     dtype = _out_dtype(jnp.result_type(x.dtype, g.dtype), preferred_element_type)
-    xc = _to_cl(x, spec)
-    gc = _to_cl(g, spec)
+    xe, sp = _grouped_native(x, spec, cig)
+    ge, _ = _grouped_native(g, spec, cog)
+    cax = n + 1 if spec.channels_last else 1  # the group axis
+    contract = (0, *sp)
+    dims = ((contract, contract), ((cax,), (cax,)))
+    if grp == 1:
+        xe, ge = jnp.squeeze(xe, cax), jnp.squeeze(ge, cax)
+        sp = [a - 1 if a > cax else a for a in sp]
+        contract = (0, *sp)
+        dims = ((contract, contract), ((), ()))
     taps: dict[tuple[int, ...], jax.Array] = {}
     for mem in itertools.product(*plan.phases):
         if any(not ph.taps for ph in mem):
             continue
-        gp = gc[
-            (slice(None), *(slice(ph.p, None, s) for ph, s in zip(mem, spec.stride)), slice(None))
-        ]
-        pads = [
-            (ph.lo, ph.n + (len(ph.taps) - 1) * ph.dil - i - ph.lo)
-            for ph, i in zip(mem, spec.input_size)
-        ]
-        xp = _pad_spatial(xc, pads)
-        offsets = list(itertools.product(*(range(len(ph.taps)) for ph in mem)))
-        patches = [
-            xp[
-                (
-                    slice(None),
-                    *(slice(u * ph.dil, u * ph.dil + ph.n) for u, ph in zip(us, mem)),
-                    slice(None),
-                )
-            ]
-            for us in offsets
-        ]
-        pt = jnp.stack(patches, axis=-2)  # [N, *n, U, C_in]
-        rows = spec.batch * math.prod(ph.n for ph in mem)
-        pt = pt.reshape(rows, len(offsets), grp, cig)
-        gp = gp.reshape(rows, grp, cog)
-        dv = lax.dot_general(
-            pt,
-            gp,
-            (((0,), (0,)), ((2,), (1,))),
-            precision=precision,
-            preferred_element_type=preferred_element_type,
-        )  # [g, U, cig, cog]
-        for ui, us in enumerate(offsets):
-            taps[tuple(ph.taps[u] for u, ph in zip(us, mem))] = dv[:, ui].reshape(
-                spec.in_channels, cog
-            )
+        index = [slice(None)] * ge.ndim
+        pads = [(0, 0, 0)] * xe.ndim
+        for ax, ph, s, i in zip(sp, mem, spec.stride, spec.input_size):
+            index[ax] = slice(ph.p, None, s)
+            pads[ax] = (ph.lo, ph.n + (len(ph.taps) - 1) * ph.dil - i - ph.lo, 0)
+        gp = ge[tuple(index)]
+        xp = lax.pad(xe, jnp.zeros((), xe.dtype), pads)
+        for us in itertools.product(*(range(len(ph.taps)) for ph in mem)):
+            window = [slice(None)] * xe.ndim
+            for ax, u, ph in zip(sp, us, mem):
+                window[ax] = slice(u * ph.dil, u * ph.dil + ph.n)
+            dv = lax.dot_general(
+                xp[tuple(window)],
+                gp,
+                dims,
+                precision=precision,
+                preferred_element_type=preferred_element_type,
+            )  # [g, cig, cog] (or [cig, cog])
+            taps[tuple(ph.taps[u] for u, ph in zip(us, mem))] = dv.reshape(spec.in_channels, cog)
     zero = jnp.zeros((spec.in_channels, cog), dtype)
     flat = [taps.get(t, zero).astype(dtype) for t in np.ndindex(*spec.kernel_size)]
     wc = jnp.stack(flat).reshape(*spec.kernel_size, spec.in_channels, cog)
