@@ -240,10 +240,14 @@ def conv_transpose(
     name = _formulations.choose(spec) if method == "auto" else method
     if name == "zero_insertion":
         _check_zero_insertion_memory(spec, dtype)
+    if method == "auto" and _on_several_devices(x, w):
+        # Sharded over a mesh, auto takes the formulation XLA's SPMD partitioner
+        # splits with halo exchanges only (tests/test_sharding.py pins it), and
+        # runs a grouped layer as one ungrouped convolution per group: the
+        # partitioner all-gathers any convolution with feature_group_count > 1.
+        name = "lhs_dilated"
     fn = _formulations.FORMULATIONS[name]
     if method == "auto" and spec.groups > 1 and _on_several_devices(x, w):
-        # XLA's partitioner all-gathers any convolution with feature_group_count > 1;
-        # one ungrouped convolution per group partitions with halos only.
         from .sharding import per_group
 
         fn = functools.partial(per_group, base=name)

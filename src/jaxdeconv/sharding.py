@@ -8,13 +8,15 @@ Two ways to run :func:`jaxdeconv.conv_transpose` over several devices:
   no device talks to another; sharded along a spatial axis, neighbours swap thin
   halos (``collective-permute``); with the weight sharded over output channels,
   each device computes its own channels. This holds for ``groups == 1`` with
-  every registered formulation (:data:`HALO_SAFE`). It fails for any
+  the formulations in :data:`HALO_SAFE` (``"phase"`` keeps it in 1-d and 2-d
+  only: it runs 3-d layers as 2-d convolutions with taps folded into channels,
+  which the partitioner gathers). It fails for any
   convolution with ``feature_group_count > 1`` (``groups > 1``): the
   partitioner all-gathers the whole activation, batch included, and the weight
   when it is sharded, and every registered formulation passes ``groups`` to XLA
   that way. So :func:`jaxdeconv.conv_transpose` with ``method="auto"``, when
-  its arrays are placed on several devices, runs a grouped layer through
-  :func:`per_group`, one ungrouped convolution per group, which partitions
+  its arrays are placed on several devices, uses ``"lhs_dilated"`` and runs a
+  grouped layer through :func:`per_group`, one ungrouped convolution per group, which partitions
   with halos only; :func:`conv_transpose` here does the same for every method.
 
   Along a sharded spatial axis the *output* size must also divide by the
@@ -84,7 +86,7 @@ COLLECTIVES = (
 )
 """The collective operations :func:`collectives` counts, by their HLO names."""
 
-HALO_SAFE = ("lhs_dilated", "vjp", "zero_insertion", "phase")
+HALO_SAFE = ("lhs_dilated", "vjp", "zero_insertion")
 """Formulations that XLA's partitioner splits with halo exchanges only (``groups == 1``).
 
 Checked by ``tests/test_sharding.py`` on batch and spatial sharding, 1-3 d.
