@@ -84,3 +84,12 @@ def test_every_command_has_help(name):
     )
     assert out.returncode == 0, out.stderr
     assert "usage" in out.stdout.lower()
+
+
+def test_verify_without_torch_uses_the_numpy_definition(monkeypatch, capsys):
+    """The README's first command runs where torch is not installed."""
+    monkeypatch.setitem(sys.modules, "torch", None)  # `import torch` now raises ImportError
+    assert _verify.main(["--quick", "--method", "lhs_dilated"]) == 0
+    out = capsys.readouterr().out
+    assert "torch not installed" in out
+    assert "output_size=(8, 7)" in out and "FAIL" not in out
