@@ -101,6 +101,14 @@ def _as_tuple(name: str, value: Any, ndim: int) -> tuple[int, ...]:
     return (_as_int(name, value),) * ndim
 
 
+def _spatial_ndim(*sizes: Any) -> int:
+    """The number of spatial dimensions: the length of the first sequence, else 1."""
+    for v in sizes:
+        if isinstance(v, (Sequence, np.ndarray)) and not isinstance(v, str):
+            return len(v)
+    return 1
+
+
 def _is_pair_sequence(value: Any) -> bool:
     if _is_array(value):
         return np.ndim(value) == 2 and len(value) > 0
@@ -212,11 +220,7 @@ def conv_transpose_output_size(
       >>> conv_transpose_output_size(5, 3, stride=2, padding="SAME")
       (10,)
     """
-    ndim = 1
-    for v in (input_size, kernel_size):
-        if isinstance(v, (Sequence, np.ndarray)) and not isinstance(v, str):
-            ndim = len(v)
-            break
+    ndim = _spatial_ndim(input_size, kernel_size)
     ins = _as_tuple("input_size", input_size, ndim)
     ks = _as_tuple("kernel_size", kernel_size, ndim)
     crops = resolve_padding(padding, ins, ks, stride, dilation, output_padding)
@@ -250,11 +254,7 @@ def output_padding_for_size(
       >>> output_padding_for_size((8, 8), (4, 4), 3, stride=2, padding=1)
       (1, 1)
     """
-    ndim = 1
-    for v in (input_size, kernel_size):
-        if isinstance(v, (Sequence, np.ndarray)) and not isinstance(v, str):
-            ndim = len(v)
-            break
+    ndim = _spatial_ndim(input_size, kernel_size)
     if isinstance(output_size, (Sequence, np.ndarray)) and len(output_size) in (
         ndim + 1,
         ndim + 2,

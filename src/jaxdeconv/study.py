@@ -64,6 +64,7 @@ from ._shapes import (
     IntOrSeq,
     PaddingLike,
     _as_tuple,
+    _spatial_ndim,
     make_spec,
     output_padding_for_size,
     resolve_padding,
@@ -152,11 +153,7 @@ def _size_spec(
     input_size, kernel_size, stride, padding, output_padding, dilation, output_size
 ) -> ConvTransposeSpec:
     """A one-channel spec for the shape-only functions."""
-    ndim = 1
-    for v in (input_size, kernel_size):
-        if isinstance(v, (Sequence, np.ndarray)) and not isinstance(v, str):
-            ndim = len(v)
-            break
+    ndim = _spatial_ndim(input_size, kernel_size)
     ins = _as_tuple("input_size", input_size, ndim)
     ks = _as_tuple("kernel_size", kernel_size, ndim)
     return make_spec(
