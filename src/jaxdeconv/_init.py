@@ -15,6 +15,24 @@ from ._shapes import _as_int, _as_tuple
 __all__ = ["init_conv_transpose"]
 
 
+def channel_counts(in_channels, out_channels, groups) -> tuple[int, int, int]:
+    """Validate a layer's channel counts as PyTorch does: positive, divisible by groups."""
+    in_channels = _as_int("in_channels", in_channels)
+    out_channels = _as_int("out_channels", out_channels)
+    groups = _as_int("groups", groups)
+    if in_channels < 1:
+        raise ValueError(f"in_channels={in_channels} must be a positive int")
+    if out_channels < 1:
+        raise ValueError(f"out_channels={out_channels} must be a positive int")
+    if groups < 1:
+        raise ValueError(f"groups={groups} must be a positive int")
+    if in_channels % groups:
+        raise ValueError(f"groups={groups} must divide in_channels={in_channels}")
+    if out_channels % groups:
+        raise ValueError(f"groups={groups} must divide out_channels={out_channels}")
+    return in_channels, out_channels, groups
+
+
 def _kernel_tuple(kernel_size, ndim: int | None) -> tuple[int, ...]:
     if isinstance(kernel_size, (Sequence, np.ndarray)) and not isinstance(kernel_size, str):
         ks = _as_tuple("kernel_size", kernel_size, len(kernel_size))
@@ -102,19 +120,7 @@ def init_conv_transpose(
       >>> jaxdeconv.conv_transpose(x, w, b, stride=2, padding=1, groups=2).shape
       (2, 8, 10, 10)
     """
-    in_channels = _as_int("in_channels", in_channels)
-    out_channels = _as_int("out_channels", out_channels)
-    groups = _as_int("groups", groups)
-    if in_channels < 1:
-        raise ValueError(f"in_channels={in_channels} must be a positive int")
-    if out_channels < 1:
-        raise ValueError(f"out_channels={out_channels} must be a positive int")
-    if groups < 1:
-        raise ValueError(f"groups={groups} must be a positive int")
-    if in_channels % groups:
-        raise ValueError(f"groups={groups} must divide in_channels={in_channels}")
-    if out_channels % groups:
-        raise ValueError(f"groups={groups} must divide out_channels={out_channels}")
+    in_channels, out_channels, groups = channel_counts(in_channels, out_channels, groups)
     if not isinstance(bias, (bool, np.bool_)):
         raise TypeError(f"bias must be a bool, got {bias!r}")
     if not isinstance(channels_last, (bool, np.bool_)):

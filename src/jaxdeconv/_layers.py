@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ._api import METHODS, conv_transpose
+from ._init import channel_counts
 from ._shapes import _as_int, _as_tuple, _is_pair_sequence, make_spec
 
 # A spatial size large enough that every padding gives a positive output: used
@@ -67,19 +68,7 @@ def make_config(
     method,
 ) -> LayerConfig:
     """Validate the constructor arguments as PyTorch would, before any input is seen."""
-    in_channels = _as_int("in_channels", in_channels)
-    out_channels = _as_int("out_channels", out_channels)
-    groups = _as_int("groups", groups)
-    if in_channels < 1:
-        raise ValueError(f"in_channels={in_channels} must be a positive int")
-    if out_channels < 1:
-        raise ValueError(f"out_channels={out_channels} must be a positive int")
-    if groups < 1:
-        raise ValueError(f"groups={groups} must be a positive int")
-    if in_channels % groups:
-        raise ValueError(f"groups={groups} must divide in_channels={in_channels}")
-    if out_channels % groups:
-        raise ValueError(f"groups={groups} must divide out_channels={out_channels}")
+    in_channels, out_channels, groups = channel_counts(in_channels, out_channels, groups)
     if num_spatial_dims is None:
         if not _is_seq(kernel_size):
             raise ValueError(
