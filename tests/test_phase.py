@@ -13,7 +13,7 @@ import pytest
 import torch
 from jax.test_util import check_grads
 
-from jaxdeconv import conv_transpose, make_spec, numpy_conv_transpose
+from jaxdeconv import _phase, conv_transpose, make_spec, numpy_conv_transpose
 from jaxdeconv._formulations import FORMULATIONS, choose, lhs_dilated
 from jaxdeconv._phase import phase, phase_plan
 
@@ -166,14 +166,22 @@ def _dilations(hlo):
     return {int(v) for group in found for v in group.split(",")}
 
 
-def test_gradient_avoids_dilated_convolutions():
+@pytest.mark.parametrize("lowering", ["conv", "gemm"])
+def test_gradient_avoids_dilated_convolutions(lowering):
     """The slow XLA patterns never appear: no lhs-dilated or window-dilated conv."""
     spec = make_spec((2, 8, 6, 6), (8, 4, 4, 4), 2, 1)
     x, w = (jnp.asarray(a) for a in _arrays(spec, np.random.default_rng(0), np.float32))
-    f = jax.grad(lambda x, w: jnp.sum(phase(x, w, spec) ** 2), (0, 1))
+
+    def fwd(x, w):
+        params = dict(spec=spec, precision=None, preferred_element_type=None)
+        return _phase.forward_p.bind(x, w, lowering=lowering, **params)
+
+    f = jax.grad(lambda x, w: jnp.sum(fwd(x, w) ** 2), (0, 1))
     hlo = jax.jit(f).lower(x, w).as_text()
-    assert "convolution" in hlo
-    assert _dilations(hlo) == {1}
+    # The conv lowering runs stride-1 convolutions; the GEMM lowering only dots.
+    assert ("convolution" in hlo) == (lowering == "conv")
+    assert "dot_general" in hlo
+    assert _dilations(hlo) <= {1}
     # Compare: JAX's own autodiff of the lhs-dilated form uses them.
     g = jax.grad(lambda x, w: jnp.sum(lhs_dilated(x, w, spec) ** 2), (0, 1))
     assert 2 in _dilations(jax.jit(g).lower(x, w).as_text())

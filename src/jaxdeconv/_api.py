@@ -13,6 +13,7 @@ import numpy as np
 from jax.typing import ArrayLike
 
 from . import _formulations
+from ._phase import on_several_devices
 from ._shapes import (
     ConvTransposeSpec,
     IntOrSeq,
@@ -95,23 +96,6 @@ def _check_array(name: str, value) -> jax.Array:
             f"got {arr.dtype}; cast it first, e.g. {name}.astype(jnp.float32)"
         )
     return arr
-
-
-def _on_several_devices(*arrays) -> bool:
-    """Whether the arrays (concrete or traced) are placed on a mesh of several devices."""
-    try:
-        if jax.sharding.get_abstract_mesh().size > 1:
-            return True
-    except (AttributeError, ValueError):
-        pass
-    for a in arrays:
-        mesh = getattr(getattr(jax.typeof(a), "sharding", None), "mesh", None)
-        if mesh is not None and getattr(mesh, "size", 1) > 1:
-            return True
-        sharding = getattr(a, "sharding", None)  # a concrete array
-        if sharding is not None and len(getattr(sharding, "device_set", ())) > 1:
-            return True
-    return False
 
 
 def conv_transpose(
@@ -240,14 +224,14 @@ def conv_transpose(
     name = _formulations.choose(spec) if method == "auto" else method
     if name == "zero_insertion":
         _check_zero_insertion_memory(spec, dtype)
-    if method == "auto" and _on_several_devices(x, w):
+    if method == "auto" and on_several_devices(x, w):
         # Sharded over a mesh, auto takes the formulation XLA's SPMD partitioner
         # splits with halo exchanges only (tests/test_sharding.py pins it), and
         # runs a grouped layer as one ungrouped convolution per group: the
         # partitioner all-gathers any convolution with feature_group_count > 1.
         name = "lhs_dilated"
     fn = _formulations.FORMULATIONS[name]
-    if method == "auto" and spec.groups > 1 and _on_several_devices(x, w):
+    if method == "auto" and spec.groups > 1 and on_several_devices(x, w):
         from .sharding import per_group
 
         fn = functools.partial(per_group, base=name)

@@ -39,6 +39,7 @@ from jax import lax
 from jax.extend.core import Primitive
 from jax.interpreters import ad, batching, mlir
 
+from . import _gemm
 from ._shapes import ConvTransposeSpec
 
 __all__ = ["phase", "phase_input_grad", "phase_plan", "phase_weight_grad"]
@@ -286,8 +287,13 @@ def _stride1_conv(x, k, pads, dils, groups, *, precision, preferred_element_type
     return y.reshape(x.shape[0], *sizes, *y.shape[1:])
 
 
-def _forward_impl(x, w, *, spec, precision, preferred_element_type):
+def _forward_impl(x, w, *, spec, precision, preferred_element_type, lowering="conv"):
     """The transposed convolution, phase by phase (see the module docstring)."""
+    dtype = jnp.result_type(x.dtype, w.dtype)
+    if lowering == "gemm" and _gemm.applies(spec, dtype) and _gemm.strategy(spec) == "cols":
+        return _gemm.forward(
+            x, w, spec=spec, precision=precision, preferred_element_type=preferred_element_type
+        )
     if _elementwise(spec):
         return _forward_elementwise(x, w, spec=spec, preferred_element_type=preferred_element_type)
     plan = phase_plan(spec)
@@ -448,8 +454,12 @@ def _weight_grad_elementwise(x, g, *, spec, preferred_element_type):
     return wt if spec.channels_last else jnp.moveaxis(wt, (-2, -1), (0, 1))
 
 
-def _input_grad_impl(g, w, *, spec, precision, preferred_element_type):
+def _input_grad_impl(g, w, *, spec, precision, preferred_element_type, lowering="conv"):
     """Transpose in ``x``: the strided forward convolution of ``g`` with ``w``."""
+    if lowering == "gemm" and _gemm.applies(spec, jnp.result_type(g.dtype, w.dtype)):
+        return _gemm.input_grad(
+            g, w, spec=spec, precision=precision, preferred_element_type=preferred_element_type
+        )
     if _elementwise(spec):
         return _input_grad_elementwise(
             g, w, spec=spec, preferred_element_type=preferred_element_type
@@ -473,7 +483,7 @@ def _input_grad_impl(g, w, *, spec, precision, preferred_element_type):
     return _from_cl(dx, spec)
 
 
-def _weight_grad_impl(x, g, *, spec, precision, preferred_element_type):
+def _weight_grad_impl(x, g, *, spec, precision, preferred_element_type, lowering="conv"):
     """Transpose in ``w``: one GEMM per tap, of the tap's input window with its phase's ``g``.
 
     Tap ``j`` only ever meets the output phase whose residue it serves, so its gradient
@@ -481,6 +491,10 @@ def _weight_grad_impl(x, g, *, spec, precision, preferred_element_type):
     strided views contracting batch and space, in spec's own layout (measured faster on
     XLA:CPU than stacking patches or transposing to channels-last first).
     """
+    if lowering == "gemm" and _gemm.applies(spec, jnp.result_type(x.dtype, g.dtype)):
+        return _gemm.weight_grad(
+            x, g, spec=spec, precision=precision, preferred_element_type=preferred_element_type
+        )
     if _elementwise(spec):
         return _weight_grad_elementwise(
             x, g, spec=spec, preferred_element_type=preferred_element_type
@@ -533,11 +547,13 @@ def _weight_grad_impl(x, g, *, spec, precision, preferred_element_type):
 
 def _make_primitive(name, impl, out_shape):
     prim = Primitive(name)
-    jitted = jax.jit(impl, static_argnames=("spec", "precision", "preferred_element_type"))
+    jitted = jax.jit(
+        impl, static_argnames=("spec", "precision", "preferred_element_type", "lowering")
+    )
     prim.def_impl(lambda a, b, **params: jitted(a, b, **params))
 
-    def abstract_eval(a, b, *, spec, precision, preferred_element_type):
-        del precision
+    def abstract_eval(a, b, *, spec, precision, preferred_element_type, lowering):
+        del precision, lowering
         dtype = _out_dtype(jnp.result_type(a.dtype, b.dtype), preferred_element_type)
         return jax.core.ShapedArray(out_shape(spec), dtype)
 
@@ -681,6 +697,30 @@ _batch_rule(weight_grad_p, ("act", "act"), "w")
 # ----------------------------------------------------------------------------- public
 
 
+def on_several_devices(*arrays) -> bool:
+    """Whether the arrays (concrete or traced) are placed on a mesh of several devices."""
+    try:
+        if jax.sharding.get_abstract_mesh().size > 1:
+            return True
+    except (AttributeError, ValueError):
+        pass
+    for a in arrays:
+        mesh = getattr(getattr(jax.typeof(a), "sharding", None), "mesh", None)
+        if mesh is not None and getattr(mesh, "size", 1) > 1:
+            return True
+        sharding = getattr(a, "sharding", None)  # a concrete array
+        if sharding is not None and len(getattr(sharding, "device_set", ())) > 1:
+            return True
+    return False
+
+
+def _lowering(*arrays) -> str:
+    """``"gemm"`` on one device; on a mesh the convolutions, which XLA's SPMD
+    partitioner splits with halo exchanges (the GEMMs' flattened ``N * spatial``
+    axis would make it gather)."""
+    return "conv" if on_several_devices(*arrays) else "gemm"
+
+
 def phase(x, w, spec, *, precision=None, preferred_element_type=None):
     """Zero-free phase (sub-pixel) decomposition with hand-written differentiation rules.
 
@@ -690,6 +730,22 @@ def phase(x, w, spec, *, precision=None, preferred_element_type=None):
     interleaved. Gradients: the input gradient is the strided forward convolution, the
     weight gradient one GEMM per phase; both are primitives with their own JVP,
     transpose and batching rules, so every order of ``jvp``/``vjp`` and ``vmap`` works.
+
+    On one device, channels-first layers with one group are lowered to GEMMs instead
+    (:mod:`jaxdeconv._gemm`): forward GEMM + col2im where that beats the phase
+    convolutions, gradients from the im2col'd cotangent. The arithmetic is the same
+    zero-free sum; only the order of the additions differs.
+
+    Examples:
+        >>> import jax.numpy as jnp
+        >>> from jaxdeconv import conv_transpose
+        >>> x = jnp.arange(4.0).reshape(1, 1, 2, 2)
+        >>> w = jnp.ones((1, 1, 2, 2))
+        >>> conv_transpose(x, w, stride=2, method="phase")[0, 0]
+        Array([[0., 0., 1., 1.],
+               [0., 0., 1., 1.],
+               [2., 2., 3., 3.],
+               [2., 2., 3., 3.]], dtype=float32)
     """
     dtype = jnp.result_type(x.dtype, w.dtype)
     return forward_p.bind(
@@ -700,18 +756,29 @@ def phase(x, w, spec, *, precision=None, preferred_element_type=None):
         preferred_element_type=None
         if preferred_element_type is None
         else np.dtype(preferred_element_type),
+        lowering=_lowering(x, w),
     )
 
 
 def phase_input_grad(g, w, spec, *, precision=None, preferred_element_type=None):
     """The transpose of :func:`phase` in ``x``: ``[N, C_in, *in]`` from ``g`` and ``w``."""
     return input_grad_p.bind(
-        g, w, spec=spec, precision=precision, preferred_element_type=preferred_element_type
+        g,
+        w,
+        spec=spec,
+        precision=precision,
+        preferred_element_type=preferred_element_type,
+        lowering=_lowering(g, w),
     )
 
 
 def phase_weight_grad(x, g, spec, *, precision=None, preferred_element_type=None):
     """The transpose of :func:`phase` in ``w``: the weight gradient from ``x`` and ``g``."""
     return weight_grad_p.bind(
-        x, g, spec=spec, precision=precision, preferred_element_type=preferred_element_type
+        x,
+        g,
+        spec=spec,
+        precision=precision,
+        preferred_element_type=preferred_element_type,
+        lowering=_lowering(x, g),
     )
