@@ -115,16 +115,37 @@ def forward(x, w, *, spec, precision, preferred_element_type):
     size, s, d, k = spec.input_size, spec.stride, spec.dilation, spec.kernel_size
     dtype = jnp.result_type(x.dtype, w.dtype)
     acc = _acc_dtype(dtype, preferred_element_type)
-    # W^T is materialized (it is small; the barrier keeps XLA from folding the
-    # transpose back into the product): XLA:CPU hands only products whose left
-    # operand is contracted on its last axis to its fast GEMM (YNNPACK).
-    cols = lax.dot_general(
-        lax.optimization_barrier(w.reshape(ci, -1).T),
-        _cn(x).reshape(ci, -1),
-        (((1,), (0,)), ((), ())),
-        precision=precision,
-        preferred_element_type=acc,
-    ).reshape(co, *k, spec.batch, *size)
+    if w.size <= x.size:
+        # cols[C_out * K, N * in] = W^T @ X. W^T is materialized (the barrier keeps XLA
+        # from folding the transpose back into the product): XLA:CPU hands only
+        # products whose left operand is contracted on its last axis to its fast
+        # GEMM (YNNPACK).
+        cols = lax.dot_general(
+            lax.optimization_barrier(w.reshape(ci, -1).T),
+            _cn(x).reshape(ci, -1),
+            (((1,), (0,)), ((), ())),
+            precision=precision,
+            preferred_element_type=acc,
+        ).reshape(co, *k, spec.batch, *size)
+
+        def plane(tap):  # [C_out, N, *in]
+            return cols[(slice(None), *tap)]
+
+    else:
+        # A weight larger than the input (deep, small layers): transpose the input
+        # instead, cols[N * in, C_out * K] = X^T @ W.
+        xt = jnp.moveaxis(x, 1, -1).reshape(-1, ci)
+        cols = lax.dot_general(
+            xt,
+            w.reshape(ci, -1),
+            (((1,), (0,)), ((), ())),
+            precision=precision,
+            preferred_element_type=acc,
+        ).reshape(spec.batch, *size, co, *k)
+
+        def plane(tap):
+            return jnp.moveaxis(cols[(Ellipsis, *tap)], -1, 0)
+
     full = [(i - 1) * st + dd * (kk - 1) + 1 for i, st, dd, kk in zip(size, s, d, k)]
     q = [-(-f // st) for f, st in zip(full, s)]
     zero = jnp.zeros((), acc)
@@ -135,7 +156,7 @@ def forward(x, w, *, spec, precision, preferred_element_type):
         for j, dd, st, qq, i in zip(tap, d, s, q, size):
             q0 = (j * dd) // st
             pads.append((q0, qq - i - q0, 0))
-        t = lax.pad(cols[(slice(None), *tap)], zero, pads)
+        t = lax.pad(plane(tap), zero, pads)
         phases[r] = t + phases[r] if r in phases else t
     parts = [
         phases.get(r, jnp.zeros((co, spec.batch, *q), acc))

@@ -373,19 +373,29 @@ def _forward_elementwise(x, w, *, spec, preferred_element_type):
         xe = x[:, :, None]  # [N, g, 1, *sp]
         we = jnp.moveaxis(w.astype(dtype), (0, 1), (-2, -1))  # [*k, g, cog]
     sp = list(range(1, n + 1)) if spec.channels_last else list(range(3, n + 3))
+    # One padded copy of the input serves every phase (XLA would otherwise
+    # materialize one per phase).
+    lo_all, hi_all = [], []
+    for dim, i in zip(plan.phases, spec.input_size):
+        live = [ph for ph in dim if ph.taps]
+        lo_all.append(max(ph.lo for ph in live) if live else 0)
+        hi_all.append(
+            max(ph.n + (len(ph.taps) - 1) * ph.dil - i - ph.lo for ph in live) if live else 0
+        )
+    pads = [(0, 0, 0)] * xe.ndim
+    for ax, lo, hi in zip(sp, lo_all, hi_all):
+        pads[ax] = (lo, hi, 0)
+    xp = lax.pad(xe, jnp.zeros((), dtype), pads)
     outs = {}
     for mem in itertools.product(*plan.phases):
         if any(not ph.taps for ph in mem):
             continue
-        pads = [(0, 0, 0)] * xe.ndim
-        for ax, ph, i in zip(sp, mem, spec.input_size):
-            pads[ax] = (ph.lo, ph.n + (len(ph.taps) - 1) * ph.dil - i - ph.lo, 0)
-        xp = lax.pad(xe, jnp.zeros((), dtype), pads)
         acc = None
         for us in itertools.product(*(range(len(ph.taps)) for ph in mem)):
             index = [slice(None)] * xe.ndim
-            for ax, u, ph in zip(sp, us, mem):
-                index[ax] = slice(u * ph.dil, u * ph.dil + ph.n)
+            for ax, u, ph, lo in zip(sp, us, mem, lo_all):
+                start = lo - ph.lo + u * ph.dil
+                index[ax] = slice(start, start + ph.n)
             v = we[tuple(ph.taps[u] for u, ph in zip(us, mem))]  # [g, cog]
             if not spec.channels_last:
                 v = v.reshape(g, cog, *(1,) * n)

@@ -1,0 +1,203 @@
+"""The GEMM lowerings of the phase primitives (``jaxdeconv._gemm``).
+
+On one device, channels-first layers with one group lower to GEMMs; both strategies
+("cols" and "phase") and the convolution lowering must give the NumPy definition's
+values and gradients, in every dimension and for every argument.
+"""
+
+import re
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxdeconv import _gemm, _phase, make_spec
+from jaxdeconv._bench import LAYERS
+from jaxdeconv.testing import numpy_conv_transpose_vjp, numpy_reference
+
+# (input shape, weight shape, stride, padding, output_padding, dilation)
+CASES = [
+    ((2, 3, 5), (3, 2, 4), 2, 1, 0, 1),  # 1-d k4 s2 p1 (DCGAN-like)
+    ((1, 2, 6), (2, 3, 16), 8, 4, 0, 1),  # 1-d vocoder-like, k16 s8
+    ((2, 3, 4, 5), (3, 2, 4, 4), 2, 1, 0, 1),  # 2-d k4 s2 p1
+    ((2, 3, 4, 4), (3, 2, 2, 2), 2, 0, 0, 1),  # k == s: no overlap
+    ((1, 4, 5, 3), (4, 2, 3, 3), 2, 1, 1, 1),  # k3 s2 p1 op1: uneven phases
+    ((1, 2, 4, 4), (2, 3, 3, 3), 2, 3, 1, 3),  # dilation
+    ((1, 2, 3, 4), (2, 2, 2, 3), (4, 3), 0, (1, 2), 1),  # stride > kernel: empty phases
+    ((1, 2, 3, 3), (2, 2, 3, 2), (2, 1), (0, 1), 0, (1, 2)),  # mixed per dimension
+    ((1, 2, 3, 3, 2), (2, 2, 3, 3, 3), 2, 1, 1, 1),  # 3-d k3 s2 p1 op1
+    ((2, 2, 2, 3, 2), (2, 3, 2, 2, 2), 2, 0, 0, 1),  # 3-d k2 s2
+    ((1, 3, 4, 4), (3, 2, 4, 4), 2, 3, 0, 1),  # padding > output halo: negative windows
+]
+
+
+def _spec(case):
+    xs, ws, s, p, op, d = case
+    return make_spec(xs, ws, s, p, op, 1, d)
+
+
+def _bind(prim, a, b, spec, lowering):
+    params = dict(spec=spec, precision=None, preferred_element_type=None, lowering=lowering)
+    return prim.bind(a, b, **params)
+
+
+@pytest.fixture
+def force_strategy(monkeypatch):
+    """Force ``_gemm.strategy``'s answer (and drop compiled programs that used it)."""
+
+    def force(name):
+        monkeypatch.setattr(_gemm, "strategy", lambda spec: name)
+        jax.clear_caches()
+
+    yield force
+    jax.clear_caches()
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: f"{len(c[0]) - 2}d-k{c[1][2:]}-s{c[2]}")
+@pytest.mark.parametrize("route", ["conv", "gemm-cols", "gemm-phase"])
+def test_values_and_gradients_match_numpy(case, route, force_strategy, rng):
+    spec = _spec(case)
+    lowering = route.split("-")[0]
+    if lowering == "gemm":
+        assert _gemm.applies(spec, np.float64), spec
+        force_strategy(route.split("-")[1])
+    x = rng.standard_normal(spec.input_shape)
+    w = rng.standard_normal(spec.weight_shape)
+    g = rng.standard_normal(spec.output_shape)
+    with jax.enable_x64(True):
+        y = jax.jit(lambda x, w: _bind(_phase.forward_p, x, w, spec, lowering))(x, w)
+        dx = jax.jit(lambda g, w: _bind(_phase.input_grad_p, g, w, spec, lowering))(g, w)
+        dw = jax.jit(lambda x, g: _bind(_phase.weight_grad_p, x, g, spec, lowering))(x, g)
+    assert y.dtype == dx.dtype == dw.dtype == np.float64
+    np.testing.assert_allclose(y, numpy_reference(x, w, spec), rtol=1e-10, atol=1e-10)
+    dx_ref, dw_ref, _ = numpy_conv_transpose_vjp(x, w, g, spec)
+    np.testing.assert_allclose(dx, dx_ref, rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(dw, dw_ref, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("route", ["cols", "phase"])
+def test_half_precision_accumulates_in_float32(route, force_strategy, rng):
+    spec = make_spec((2, 8, 6, 6), (8, 4, 4, 4), 2, 1)
+    force_strategy(route)
+    x = rng.standard_normal(spec.input_shape).astype(np.float32)
+    w = rng.standard_normal(spec.weight_shape).astype(np.float32)
+    ref = numpy_reference(x, w, spec)
+    xb, wb = jnp.asarray(x, jnp.bfloat16), jnp.asarray(w, jnp.bfloat16)
+    y = _bind(_phase.forward_p, xb, wb, spec, "gemm")
+    assert y.dtype == jnp.bfloat16
+    # The inputs' own rounding (2^-8 relative) bounds the error, not the 16 taps' sums.
+    exact = numpy_reference(np.asarray(xb, np.float64), np.asarray(wb, np.float64), spec)
+    np.testing.assert_allclose(np.asarray(y, np.float64), exact, rtol=1e-2, atol=1e-2)
+    np.testing.assert_allclose(np.asarray(y, np.float64), ref, rtol=5e-2, atol=1e-1)
+    dx, dw = jax.grad(
+        lambda x, w: jnp.sum(_bind(_phase.forward_p, x, w, spec, "gemm").astype(jnp.float32) ** 2),
+        (0, 1),
+    )(xb, wb)
+    assert dx.dtype == dw.dtype == jnp.bfloat16
+
+
+def test_preferred_element_type_is_the_output_dtype(rng):
+    spec = make_spec((1, 2, 4, 4), (2, 3, 2, 2), 2)
+    x = jnp.asarray(rng.standard_normal(spec.input_shape), jnp.bfloat16)
+    w = jnp.asarray(rng.standard_normal(spec.weight_shape), jnp.bfloat16)
+    y = _phase.phase(x, w, spec, preferred_element_type=jnp.float32)
+    assert y.dtype == jnp.float32
+    exact = numpy_reference(np.asarray(x, np.float64), np.asarray(w, np.float64), spec)
+    np.testing.assert_allclose(y, exact, rtol=1e-6, atol=1e-6)
+
+
+def test_strategy_rule_on_the_bench_layers():
+    """The measured rule (see ``_gemm.strategy``) on the suite's layers."""
+    applies = {name: _gemm.applies(layer.spec(), np.float32) for name, layer in LAYERS.items()}
+    assert applies == {name: name != "depthwise" for name in LAYERS}  # groups > 1
+    picks = {name: _gemm.strategy(LAYERS[name].spec()) for name in LAYERS if applies[name]}
+    assert picks == {
+        "dcgan": "cols",  # 4x4 input: the phase windows do not merge
+        "dcgan_late": "phase",
+        "unet": "cols",
+        "vae": "phase",
+        "k3_op1": "cols",
+        "vocoder": "cols",  # C_in = 512
+        "3d_k2": "cols",
+        "3d_k3": "cols",
+        "dilated": "cols",
+    }
+
+
+def test_what_the_gemm_lowering_does_not_serve():
+    base = dict(input_shape=(2, 4, 8, 8), weight_shape=(4, 2, 3, 3), stride=2)
+    assert _gemm.applies(make_spec(**base), np.float32)
+    # channels-last, grouped, stride 1 with a 3x3 kernel (9 taps per output pixel)
+    assert not _gemm.applies(make_spec((2, 8, 8, 4), (3, 3, 4, 2), 2, channels_last=True), "f4")
+    assert not _gemm.applies(make_spec((2, 4, 8, 8), (4, 1, 3, 3), 2, groups=2), np.float32)
+    assert not _gemm.applies(make_spec((2, 4, 8, 8), (4, 2, 3, 3), 1), np.float32)
+    assert not _gemm.applies(make_spec((0, 4, 8, 8), (4, 2, 3, 3), 2), np.float32)
+
+
+def test_cols_bound(monkeypatch):
+    spec = make_spec((2, 4, 8, 8), (4, 2, 4, 4), 2)
+    assert _gemm.applies(spec, np.float32)
+    nbytes = 2 * 8 * 8 * 2 * 16 * 4  # N * in * C_out * K * itemsize
+    monkeypatch.setattr(_gemm, "MAX_COLS_BYTES", nbytes - 1)
+    assert not _gemm.applies(spec, np.float32)
+    monkeypatch.setattr(_gemm, "MAX_COLS_BYTES", nbytes)
+    assert _gemm.applies(spec, np.float32)
+
+
+def _entry(hlo: str) -> list[str]:
+    lines = hlo[hlo.index("\nENTRY") :].splitlines()[1:]
+    return lines[: next(i for i, line in enumerate(lines) if line.startswith("}"))]
+
+
+def _shared_dot_operands(hlo: str) -> dict[str, int]:
+    """Entry-computation values read by two or more dots: name -> element count."""
+    sizes, uses = {}, {}
+    for line in _entry(hlo):
+        m = re.match(r"\s*(?:ROOT )?%([\w.-]+) = \w+\[([0-9,]*)\]", line)
+        if not m:
+            continue
+        sizes[m.group(1)] = int(np.prod([int(d) for d in m.group(2).split(",") if d]))
+        if "__ynn_fusion" in line or re.search(r" dot\(", line):
+            args = re.search(r"(?:fusion|dot)\(([^)]*)\)", line).group(1)
+            for name in re.findall(r"%([\w.-]+)", args):
+                uses[name] = uses.get(name, 0) + 1
+    return {name: sizes[name] for name, n in uses.items() if n > 1 and name in sizes}
+
+
+@pytest.mark.parametrize("layer", ["dcgan", "unet", "k3_op1", "dcgan_late", "vae", "3d_k3"])
+def test_training_step_program(layer):
+    """What a jitted forward + backward compiles to (small versions of the bench layers).
+
+    The cols strategy runs no convolution at all, the phase strategy one stride-1
+    convolution (the forward), and nothing is dilated. The gradients' shared operand
+    (the im2col'd cotangent G, or the cotangent's phases Y) is built once: the two
+    gradient primitives emit the same operations and XLA merges them, so both
+    gradient GEMMs read the same buffer.
+    """
+    spec = LAYERS[layer].spec()
+    small = make_spec(
+        (2, 8, *(min(i, 7) for i in spec.input_size)),
+        (8, 4, *spec.kernel_size),
+        spec.stride,
+        [tuple(c) for c in spec.crop],
+        0,
+        1,
+        spec.dilation,
+    )
+    strategy = _gemm.strategy(small)
+    assert strategy == _gemm.strategy(spec)
+    x, w = jnp.ones(small.input_shape), jnp.ones(small.weight_shape)
+    g = jnp.ones(small.output_shape)
+    loss = lambda x, w: jnp.sum(_phase.phase(x, w, small) ** 2)  # noqa: E731
+    hlo = jax.jit(jax.grad(loss, (0, 1))).lower(x, w).compile().as_text()
+    assert len(re.findall(r" convolution\(", hlo)) == (strategy == "phase")
+    assert "lhs_dilate" not in hlo and "rhs_dilate" not in hlo
+    if strategy == "cols":
+        shared = jax.eval_shape(lambda g: _gemm.cotangent_cols(g, small), g)
+    else:
+        ((combo, members),) = list(_gemm._convs(small))
+        shared = jax.eval_shape(
+            lambda g: _gemm._cotangent_phases(_gemm._cn(g), combo, members, small), g
+        )
+    assert shared.size in _shared_dot_operands(hlo).values(), _shared_dot_operands(hlo)
