@@ -32,8 +32,12 @@ CASES = [
 ]
 
 
-def _spec(case):
+def _spec(case, channels_last=False):
     xs, ws, s, p, op, d = case
+    if channels_last:
+        xs = (xs[0], *xs[2:], xs[1])
+        ws = (*ws[2:], ws[0], ws[1])
+        return make_spec(xs, ws, s, p, op, 1, d, channels_last=True)
     return make_spec(xs, ws, s, p, op, 1, d)
 
 
@@ -56,8 +60,9 @@ def force_strategy(monkeypatch):
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: f"{len(c[0]) - 2}d-k{c[1][2:]}-s{c[2]}")
 @pytest.mark.parametrize("route", ["conv", "gemm-cols", "gemm-phase"])
-def test_values_and_gradients_match_numpy(case, route, force_strategy, rng):
-    spec = _spec(case)
+@pytest.mark.parametrize("channels_last", [False, True], ids=["cf", "cl"])
+def test_values_and_gradients_match_numpy(case, route, channels_last, force_strategy, rng):
+    spec = _spec(case, channels_last)
     lowering = route.split("-")[0]
     if lowering == "gemm":
         assert _gemm.applies(spec, np.float64), spec
@@ -128,8 +133,8 @@ def test_strategy_rule_on_the_bench_layers():
 def test_what_the_gemm_lowering_does_not_serve():
     base = dict(input_shape=(2, 4, 8, 8), weight_shape=(4, 2, 3, 3), stride=2)
     assert _gemm.applies(make_spec(**base), np.float32)
-    # channels-last, grouped, stride 1 with a 3x3 kernel (9 taps per output pixel)
-    assert not _gemm.applies(make_spec((2, 8, 8, 4), (3, 3, 4, 2), 2, channels_last=True), "f4")
+    assert _gemm.applies(make_spec((2, 8, 8, 4), (3, 3, 4, 2), 2, channels_last=True), "f4")
+    # grouped, stride 1 with a 3x3 kernel (9 taps per output pixel), an empty batch
     assert not _gemm.applies(make_spec((2, 4, 8, 8), (4, 1, 3, 3), 2, groups=2), np.float32)
     assert not _gemm.applies(make_spec((2, 4, 8, 8), (4, 2, 3, 3), 1), np.float32)
     assert not _gemm.applies(make_spec((0, 4, 8, 8), (4, 2, 3, 3), 2), np.float32)
@@ -198,6 +203,6 @@ def test_training_step_program(layer):
     else:
         ((combo, members),) = list(_gemm._convs(small))
         shared = jax.eval_shape(
-            lambda g: _gemm._cotangent_phases(_gemm._cn(g), combo, members, small), g
+            lambda g: _gemm._cotangent_phases(_gemm._to_cn(g, small), combo, members, small), g
         )
     assert shared.size in _shared_dot_operands(hlo).values(), _shared_dot_operands(hlo)

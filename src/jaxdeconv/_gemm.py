@@ -60,8 +60,8 @@ def _cols_bytes(spec: ConvTransposeSpec, dtype) -> int:
 
 
 def applies(spec: ConvTransposeSpec, dtype) -> bool:
-    """Whether the GEMM lowerings serve ``spec`` (channels-first, one group, bounded cols)."""
-    if spec.channels_last or spec.groups != 1 or spec.batch == 0:
+    """Whether the GEMM lowerings serve ``spec`` (one group, bounded cols)."""
+    if spec.groups != 1 or spec.batch == 0:
         return False
     ratio = math.prod(spec.kernel_size) / math.prod(spec.stride)
     return ratio <= MAX_COLS_RATIO and _cols_bytes(spec, dtype) <= MAX_COLS_BYTES
@@ -103,34 +103,69 @@ def _out_dtype(dtype, preferred_element_type):
     return np.dtype(preferred_element_type) if preferred_element_type is not None else dtype
 
 
-def _cn(a: jax.Array) -> jax.Array:
-    """``[N, C, *sp]`` <-> ``[C, N, *sp]``."""
-    return jnp.swapaxes(a, 0, 1)
+def _to_cn(a: jax.Array, spec: ConvTransposeSpec) -> jax.Array:
+    """An activation in spec's layout -> ``[C, N, *sp]``."""
+    return jnp.moveaxis(a, -1, 0) if spec.channels_last else jnp.swapaxes(a, 0, 1)
+
+
+def _from_cn(a: jax.Array, spec: ConvTransposeSpec) -> jax.Array:
+    return jnp.moveaxis(a, 0, -1) if spec.channels_last else jnp.swapaxes(a, 0, 1)
+
+
+def _w_torch(w: jax.Array, spec: ConvTransposeSpec) -> jax.Array:
+    """The weight in torch's layout ``[C_in, C_out, *k]`` (channels-last: ``[*k, C_in, C_out]``)."""
+    return jnp.moveaxis(w, (-2, -1), (0, 1)) if spec.channels_last else w
+
+
+def _w_from_torch(w: jax.Array, spec: ConvTransposeSpec) -> jax.Array:
+    return jnp.moveaxis(w, (0, 1), (-2, -1)) if spec.channels_last else w
 
 
 def forward(x, w, *, spec, precision, preferred_element_type):
-    """GEMM + col2im (see the module docstring); ``x`` ``[N, C_in, *in]``."""
+    """GEMM + col2im (see the module docstring), in spec's layout."""
     n = spec.ndim
+    w = _w_torch(w, spec)
     ci, co = spec.in_channels, spec.out_channels
     size, s, d, k = spec.input_size, spec.stride, spec.dilation, spec.kernel_size
     dtype = jnp.result_type(x.dtype, w.dtype)
     acc = _acc_dtype(dtype, preferred_element_type)
-    if w.size <= x.size:
+    full = [(i - 1) * st + dd * (kk - 1) + 1 for i, st, dd, kk in zip(size, s, d, k)]
+    q = [-(-f // st) for f, st in zip(full, s)]
+    if spec.channels_last:
+        # The input is already X[N * in, C_in]: cols[N, *in, K, C_out] = X @ W, the
+        # weight arranged [C_in, K, C_out] so that each tap's plane keeps C_out
+        # contiguous, as the output does.
+        cols = lax.dot_general(
+            x.reshape(-1, ci),
+            jnp.moveaxis(w, 1, -1).reshape(ci, -1),
+            (((1,), (0,)), ((), ())),
+            precision=precision,
+            preferred_element_type=acc,
+        ).reshape(spec.batch, *size, *k, co)
+        sp = list(range(1, n + 1))  # the spatial axes of a plane [N, *in, C_out]
+
+        def plane(tap):
+            return cols[(slice(None), *(slice(None),) * n, *tap, slice(None))]
+
+        blank = (spec.batch, *q, co)
+    elif w.size <= x.size:
         # cols[C_out * K, N * in] = W^T @ X. W^T is materialized (the barrier keeps XLA
         # from folding the transpose back into the product): XLA:CPU hands only
         # products whose left operand is contracted on its last axis to its fast
         # GEMM (YNNPACK).
         cols = lax.dot_general(
             lax.optimization_barrier(w.reshape(ci, -1).T),
-            _cn(x).reshape(ci, -1),
+            _to_cn(x, spec).reshape(ci, -1),
             (((1,), (0,)), ((), ())),
             precision=precision,
             preferred_element_type=acc,
         ).reshape(co, *k, spec.batch, *size)
+        sp = list(range(2, n + 2))  # planes [C_out, N, *in]
 
-        def plane(tap):  # [C_out, N, *in]
+        def plane(tap):
             return cols[(slice(None), *tap)]
 
+        blank = (co, spec.batch, *q)
     else:
         # A weight larger than the input (deep, small layers): transpose the input
         # instead, cols[N * in, C_out * K] = X^T @ W.
@@ -142,52 +177,63 @@ def forward(x, w, *, spec, precision, preferred_element_type):
             precision=precision,
             preferred_element_type=acc,
         ).reshape(spec.batch, *size, co, *k)
+        sp = list(range(2, n + 2))
 
         def plane(tap):
             return jnp.moveaxis(cols[(Ellipsis, *tap)], -1, 0)
 
-    full = [(i - 1) * st + dd * (kk - 1) + 1 for i, st, dd, kk in zip(size, s, d, k)]
-    q = [-(-f // st) for f, st in zip(full, s)]
+        blank = (co, spec.batch, *q)
+
     zero = jnp.zeros((), acc)
     phases: dict[tuple[int, ...], jax.Array] = {}
     for tap in itertools.product(*(range(kk) for kk in k)):
         r = tuple((j * dd) % st for j, dd, st in zip(tap, d, s))
-        pads = [(0, 0, 0), (0, 0, 0)]
-        for j, dd, st, qq, i in zip(tap, d, s, q, size):
+        t = plane(tap)
+        pads = [(0, 0, 0)] * t.ndim
+        for ax, j, dd, st, qq, i in zip(sp, tap, d, s, q, size):
             q0 = (j * dd) // st
-            pads.append((q0, qq - i - q0, 0))
-        t = lax.pad(plane(tap), zero, pads)
+            pads[ax] = (q0, qq - i - q0, 0)
+        t = lax.pad(t, zero, pads)
         phases[r] = t + phases[r] if r in phases else t
     parts = [
-        phases.get(r, jnp.zeros((co, spec.batch, *q), acc))
-        for r in itertools.product(*(range(st) for st in s))
+        phases.get(r, jnp.zeros(blank, acc)) for r in itertools.product(*(range(st) for st in s))
     ]
-    y = jnp.stack(parts).reshape(*s, co, spec.batch, *q)  # [*s, C_out, N, *q]
-    perm = [n + 1, n, *(a for i in range(n) for a in (n + 2 + i, i))]
-    y = y.transpose(perm).reshape(spec.batch, co, *(qq * st for qq, st in zip(q, s)))
+    y = jnp.stack(parts).reshape(*s, *blank)
+    interleaved = [a for i in range(n) for a in (n + sp[i], i)]  # q_0, s_0, q_1, s_1...
+    spatial = [qq * st for qq, st in zip(q, s)]
+    if spec.channels_last:  # [*s, N, *q, C_out]
+        y = y.transpose([n, *interleaved, 2 * n + 1]).reshape(spec.batch, *spatial, co)
+    else:  # [*s, C_out, N, *q]
+        y = y.transpose([n + 1, n, *interleaved]).reshape(spec.batch, co, *spatial)
     # Crop to the output (a negative crop extends with zeros, as output_padding does).
-    crop = [(0, 0, 0), (0, 0, 0)]
-    for (lo, hi), qq, st, f in zip(spec.crop, q, s, full):
-        crop.append((-lo, -hi - (qq * st - f), 0))
+    crop = [(0, 0, 0)] * y.ndim
+    axes = range(1, n + 1) if spec.channels_last else range(2, n + 2)
+    for ax, (lo, hi), qq, st, f in zip(axes, spec.crop, q, s, full):
+        crop[ax] = (-lo, -hi - (qq * st - f), 0)
     return lax.pad(y, zero, crop).astype(_out_dtype(dtype, preferred_element_type))
 
 
 def cotangent_cols(g, spec):
-    """``G[C_out * K, N * in]``: ``g`` at full-result positions ``i * s + j * d``, per tap."""
-    pads = [(0, 0, 0), (0, 0, 0), *((lo, hi, 0) for lo, hi in spec.crop)]
-    gp = lax.pad(_cn(g), jnp.zeros((), g.dtype), pads)
+    """``g`` at full-result positions ``i * s + j * d``, per tap (im2col with stride).
+
+    Channels-first: ``G[C_out * K, N * in]``; channels-last: ``G[N * in, K * C_out]``
+    (each layout's contiguous axis stays contiguous).
+    """
+    n, cl = spec.ndim, spec.channels_last
+    a = g if cl else _to_cn(g, spec)  # [N, *out, C] or [C, N, *out]
+    sp = list(range(1, n + 1)) if cl else list(range(2, n + 2))
+    pads = [(0, 0, 0)] * a.ndim
+    for ax, (lo, hi) in zip(sp, spec.crop):
+        pads[ax] = (lo, hi, 0)
+    gp = lax.pad(a, jnp.zeros((), g.dtype), pads)
     planes = []
     for tap in np.ndindex(*spec.kernel_size):
-        start = [0, 0, *(j * dd for j, dd in zip(tap, spec.dilation))]
-        limit = [
-            gp.shape[0],
-            gp.shape[1],
-            *(
-                j * dd + (i - 1) * st + 1
-                for j, dd, i, st in zip(tap, spec.dilation, spec.input_size, spec.stride)
-            ),
-        ]
-        planes.append(lax.slice(gp, start, limit, [1, 1, *spec.stride]))
+        start, limit, strides = [0] * gp.ndim, list(gp.shape), [1] * gp.ndim
+        for ax, j, dd, i, st in zip(sp, tap, spec.dilation, spec.input_size, spec.stride):
+            start[ax], limit[ax], strides[ax] = j * dd, j * dd + (i - 1) * st + 1, st
+        planes.append(lax.slice(gp, start, limit, strides))
+    if cl:
+        return jnp.stack(planes, -2).reshape(-1, len(planes) * spec.out_channels)
     return jnp.stack(planes, 1).reshape(spec.out_channels * len(planes), -1)
 
 
@@ -250,7 +296,8 @@ def _cotangent_phases(gt, combo, members, spec):
 def _input_grad_phase(g, w, *, spec, precision, acc):
     """Per convolution ``dP = K^T @ Y``, its patches added back (col2im, stride 1)."""
     ci = spec.in_channels
-    gt = _cn(g)
+    gt = _to_cn(g, spec)
+    w = _w_torch(w, spec)
     dx = None
     zero = jnp.zeros((), acc)
     for combo, members in _convs(spec):
@@ -270,13 +317,13 @@ def _input_grad_phase(g, w, *, spec, precision, acc):
                 pads.append((u * grp.dil - lo, (grp.n_taps - 1 - u) * grp.dil - hi, 0))
             t = lax.pad(dp[(slice(None), *us)], zero, pads)
             dx = t if dx is None else dx + t
-    return _cn(dx)
+    return _from_cn(dx, spec)
 
 
 def _weight_grad_phase(x, g, *, spec, precision, acc):
     """Per convolution ``dK = Y @ P^T``, scattered back to the taps."""
     ci, co = spec.in_channels, spec.out_channels
-    xt, gt = _cn(x), _cn(g)
+    xt, gt = _to_cn(x, spec), _to_cn(g, spec)
     taps: dict[tuple[int, ...], jax.Array] = {}
     for combo, members in _convs(spec):
         dk = lax.dot_general(
@@ -294,7 +341,7 @@ def _weight_grad_phase(x, g, *, spec, precision, acc):
                 taps[tap] = dk[(mi, slice(None), slice(None), *us)]
     zero = jnp.zeros((co, ci), acc)
     flat = [taps.get(t, zero) for t in np.ndindex(*spec.kernel_size)]
-    return jnp.stack(flat, -1).reshape(co, ci, *spec.kernel_size).swapaxes(0, 1)
+    return jnp.stack(flat, -1).reshape(co, ci, *spec.kernel_size).swapaxes(0, 1)  # torch
 
 
 # ----------------------------------------------------------------------------- gradients
@@ -306,6 +353,15 @@ def input_grad(g, w, *, spec, precision, preferred_element_type):
     acc = _acc_dtype(dtype, preferred_element_type)
     if strategy(spec) == "phase":
         dx = _input_grad_phase(g, w, spec=spec, precision=precision, acc=acc)
+    elif spec.channels_last:  # dX[N * in, C_in] = G @ W[K * C_out, C_in]
+        ci = spec.in_channels
+        dx = lax.dot_general(
+            cotangent_cols(g, spec),
+            jnp.moveaxis(w, -2, -1).reshape(-1, ci),
+            (((1,), (0,)), ((), ())),
+            precision=precision,
+            preferred_element_type=acc,
+        ).reshape(spec.batch, *spec.input_size, ci)
     else:
         ci = spec.in_channels
         dx = lax.dot_general(
@@ -315,7 +371,7 @@ def input_grad(g, w, *, spec, precision, preferred_element_type):
             precision=precision,
             preferred_element_type=acc,
         )
-        dx = _cn(dx.reshape(ci, spec.batch, *spec.input_size))
+        dx = _from_cn(dx.reshape(ci, spec.batch, *spec.input_size), spec)
     return dx.astype(_out_dtype(dtype, preferred_element_type))
 
 
@@ -325,10 +381,21 @@ def weight_grad(x, g, *, spec, precision, preferred_element_type):
     acc = _acc_dtype(dtype, preferred_element_type)
     if strategy(spec) == "phase":
         dw = _weight_grad_phase(x, g, spec=spec, precision=precision, acc=acc)
+        dw = _w_from_torch(dw, spec)
+    elif spec.channels_last:  # dW[C_in, K * C_out] = X^T @ G
+        ci = spec.in_channels
+        dw = lax.dot_general(
+            lax.optimization_barrier(x.reshape(-1, ci).T),  # see forward
+            cotangent_cols(g, spec),
+            (((1,), (0,)), ((), ())),
+            precision=precision,
+            preferred_element_type=acc,
+        ).reshape(ci, *spec.kernel_size, spec.out_channels)
+        dw = jnp.moveaxis(dw, 0, -2)
     else:
         ci = spec.in_channels
         dw = lax.dot_general(
-            _cn(x).reshape(ci, -1),
+            x.swapaxes(0, 1).reshape(ci, -1),
             cotangent_cols(g, spec),
             (((1,), (1,)), ((), ())),
             precision=precision,
