@@ -50,8 +50,14 @@ def _bind(prim, a, b, spec, lowering):
 def force_strategy(monkeypatch):
     """Force ``_gemm.strategy``'s answer (and drop compiled programs that used it)."""
 
-    def force(name):
+    def force(name, via_channels_last=None):
         monkeypatch.setattr(_gemm, "strategy", lambda spec: name)
+        if via_channels_last is not None:
+            monkeypatch.setattr(
+                _gemm,
+                "_via_channels_last",
+                lambda spec: via_channels_last and not spec.channels_last,
+            )
         jax.clear_caches()
 
     yield force
@@ -59,14 +65,14 @@ def force_strategy(monkeypatch):
 
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: f"{len(c[0]) - 2}d-k{c[1][2:]}-s{c[2]}")
-@pytest.mark.parametrize("route", ["conv", "gemm-cols", "gemm-phase"])
+@pytest.mark.parametrize("route", ["conv", "gemm-cols", "gemm-cols-via-cl", "gemm-phase"])
 @pytest.mark.parametrize("channels_last", [False, True], ids=["cf", "cl"])
 def test_values_and_gradients_match_numpy(case, route, channels_last, force_strategy, rng):
     spec = _spec(case, channels_last)
     lowering = route.split("-")[0]
     if lowering == "gemm":
         assert _gemm.applies(spec, np.float64), spec
-        force_strategy(route.split("-")[1])
+        force_strategy(route.split("-")[1], via_channels_last=route.endswith("via-cl"))
     x = rng.standard_normal(spec.input_shape)
     w = rng.standard_normal(spec.weight_shape)
     g = rng.standard_normal(spec.output_shape)
@@ -128,6 +134,14 @@ def test_strategy_rule_on_the_bench_layers():
         "3d_k3": "cols",
         "dilated": "cols",
     }
+
+
+def test_few_input_channels_take_the_channels_last_gradients():
+    base = dict(input_shape=(2, 32, 4, 4, 4), weight_shape=(32, 16, 3, 3, 3), stride=2)
+    assert _gemm._via_channels_last(make_spec(**base))
+    assert not _gemm._via_channels_last(make_spec((2, 64, 4, 4, 4), (64, 16, 3, 3, 3), 2))
+    cl = make_spec((2, 4, 4, 4, 32), (3, 3, 3, 32, 16), 2, channels_last=True)
+    assert not _gemm._via_channels_last(cl)
 
 
 def test_what_the_gemm_lowering_does_not_serve():

@@ -32,6 +32,7 @@ interleave a pass over contiguous rows.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 
@@ -347,8 +348,34 @@ def _weight_grad_phase(x, g, *, spec, precision, acc):
 # ----------------------------------------------------------------------------- gradients
 
 
+def _via_channels_last(spec: ConvTransposeSpec) -> bool:
+    """Channels-first gradients with very few input channels run in channels-last.
+
+    The channels-first input gradient ``W @ G`` has only ``C_in`` rows, which
+    YNNPACK runs slowly (19 GF/s at 32 rows against 61 GF/s for the transposed
+    product); in channels-last the rows are ``N * in``. Moving the activations
+    costs three transposes; measured on the 3-d k3 s2 layer (``C_in`` = 32) the
+    gradients take 16.5 ms instead of 21 ms, and on layers with 64 or more input
+    channels channels-first stays faster.
+    """
+    return not spec.channels_last and spec.in_channels <= 32 and strategy(spec) == "cols"
+
+
+def _cl_spec(spec: ConvTransposeSpec) -> ConvTransposeSpec:
+    return dataclasses.replace(spec, channels_last=True)
+
+
 def input_grad(g, w, *, spec, precision, preferred_element_type):
     """The input gradient: ``dX = W @ G`` (cols) or the phase GEMMs (phase)."""
+    if _via_channels_last(spec):
+        dx = input_grad(
+            jnp.moveaxis(g, 1, -1),
+            jnp.moveaxis(w, (0, 1), (-2, -1)),
+            spec=_cl_spec(spec),
+            precision=precision,
+            preferred_element_type=preferred_element_type,
+        )
+        return jnp.moveaxis(dx, -1, 1)
     dtype = jnp.result_type(g.dtype, w.dtype)
     acc = _acc_dtype(dtype, preferred_element_type)
     if strategy(spec) == "phase":
@@ -377,6 +404,15 @@ def input_grad(g, w, *, spec, precision, preferred_element_type):
 
 def weight_grad(x, g, *, spec, precision, preferred_element_type):
     """The weight gradient: ``dW = X @ G^T`` (cols) or the phase GEMMs (phase)."""
+    if _via_channels_last(spec):
+        dw = weight_grad(
+            jnp.moveaxis(x, 1, -1),
+            jnp.moveaxis(g, 1, -1),
+            spec=_cl_spec(spec),
+            precision=precision,
+            preferred_element_type=preferred_element_type,
+        )
+        return jnp.moveaxis(dw, (-2, -1), (0, 1))
     dtype = jnp.result_type(x.dtype, g.dtype)
     acc = _acc_dtype(dtype, preferred_element_type)
     if strategy(spec) == "phase":

@@ -725,10 +725,16 @@ def on_several_devices(*arrays) -> bool:
 
 
 def _lowering(*arrays) -> str:
-    """``"gemm"`` on one device; on a mesh the convolutions, which XLA's SPMD
-    partitioner splits with halo exchanges (the GEMMs' flattened ``N * spatial``
-    axis would make it gather)."""
-    return "conv" if on_several_devices(*arrays) else "gemm"
+    """``"gemm"`` on one CPU device, else ``"conv"``.
+
+    On a mesh the convolutions, which XLA's SPMD partitioner splits with halo
+    exchanges (the GEMMs' flattened ``N * spatial`` axis would make it gather); on
+    GPU and TPU the convolutions too, which XLA hands to cuDNN or the TPU's
+    convolution units (the GEMM rule was measured on CPU only).
+    """
+    if jax.default_backend() != "cpu" or on_several_devices(*arrays):
+        return "conv"
+    return "gemm"
 
 
 def phase(x, w, spec, *, precision=None, preferred_element_type=None):
