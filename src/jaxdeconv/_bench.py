@@ -33,6 +33,7 @@ import numpy as np
 
 from ._api import conv_transpose
 from ._formulations import FORMULATIONS, choose, flipped_kernel
+from ._phase import lowering_label
 from ._reference import numpy_conv_transpose
 from ._shapes import ConvTransposeSpec, make_spec
 
@@ -384,6 +385,7 @@ def _bench_layer(layer, opts, broken, log) -> dict[str, Any]:
         layer=dataclasses.asdict(layer),
         flops=spec.flops,
         auto=auto,
+        lowering=lowering_label(spec) if auto == "phase" else None,
         results=results,
     )
 
@@ -485,7 +487,10 @@ def markdown(data: dict[str, Any]) -> str:
                     )
                 else:
                     cells.append(f"{r['median_ms']:.1f}")
-            lines.append(f"| {layer['what']} | {layer['auto']} | " + " | ".join(cells) + " |")
+            picks = layer["auto"]
+            if layer.get("lowering"):
+                picks += f": {layer['lowering']}"
+            lines.append(f"| {layer['what']} | {picks} | " + " | ".join(cells) + " |")
         lines.append("")
     s = data["summary"]
     lines.append("**Targets** (ratios > 1: auto is faster)")

@@ -202,13 +202,15 @@ FORMULATIONS: dict[str, Formulation] = {
 def choose(spec: ConvTransposeSpec) -> str:
     """The formulation ``method="auto"`` uses for ``spec``, decided at trace time.
 
-    * On CPU: ``"phase"``, the zero-free phase decomposition, whose hand-written
-      transpose rules also make its gradients (input: one strided convolution;
-      weight: one dot per tap) fast. On a 2-core x86 CPU (``jaxdeconv bench``, see
-      the README's Performance section) it is 2.8x faster than ``lax.conv_transpose``
-      forward (geomean) and 11x faster forward+backward; forward it loses to the
-      ``lhs_dilated`` form only on 2-d layers that hit XLA's GEMM + col2im path (k2 s2,
-      k3 s2 p1 op1), by up to 1.3x, which the gradient speed-up outweighs in training.
+    * On CPU: ``"phase"``, the zero-free decomposition with hand-written
+      differentiation rules. On one CPU device it lowers to plain GEMMs
+      (:mod:`jaxdeconv._gemm`, its ``strategy`` rule): GEMM + col2im forward and
+      the im2col'd cotangent for both gradients, or, where all output phases form
+      one convolution and ``C_in <= 128``, the phase convolutions forward and their
+      transposes as GEMMs. On a 2-core x86 CPU (``jaxdeconv bench``, see the
+      README's Performance section) it beats ``lax.conv_transpose`` on every layer
+      of the suite, forward and forward+backward, and PyTorch's CPU kernels in
+      geometric mean.
     * On GPU and TPU: ``"lhs_dilated"``, one convolution with the kernel reversed and
       ``lhs_dilation=stride``: the form XLA:GPU hands to cuDNN's backward-data kernel.
 

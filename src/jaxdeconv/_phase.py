@@ -23,6 +23,13 @@ exactly like a convolution and its two gradients:
 Each has a JVP rule (bilinear), transpose rules (onto the other two) and a batching rule
 (``vmap`` over activations folds into the batch; over weights into ``groups``), so
 ``jit``, ``vmap``, ``jvp``, ``vjp`` and higher orders all stay on the fast paths.
+
+Each primitive has two lowerings (a static ``lowering`` parameter, chosen when
+:func:`phase` binds it): ``"conv"``, the convolutions described above, which XLA's SPMD
+partitioner splits with halo exchanges and XLA:GPU hands to cuDNN; and ``"gemm"``, on a
+single CPU device, where one-group layers become plain row-major GEMMs that XLA:CPU
+runs at its GEMM speed (:mod:`jaxdeconv._gemm`; the same zero-free sums, added in
+another order). :func:`lowering_label` says which one a layer gets.
 """
 
 from __future__ import annotations
@@ -735,6 +742,21 @@ def _lowering(*arrays) -> str:
     if jax.default_backend() != "cpu" or on_several_devices(*arrays):
         return "conv"
     return "gemm"
+
+
+def lowering_label(spec: ConvTransposeSpec, dtype=np.float32, lowering: str = "gemm") -> str:
+    """How the phase primitives run ``spec`` (``"gemm"``: on one CPU device).
+
+    ``"GEMM+col2im"`` (the ``cols`` strategy of :mod:`jaxdeconv._gemm`, ``", via NHWC"``
+    when its gradients go through channels-last), ``"phase convs+GEMM grads"`` (the
+    ``phase`` strategy), ``"elementwise"`` (depthwise-like layers) or ``"convs"``
+    (the convolution lowering).
+    """
+    if lowering == "gemm" and _gemm.applies(spec, dtype):
+        if _gemm.strategy(spec) == "phase":
+            return "phase convs+GEMM grads"
+        return "GEMM+col2im" + (", via NHWC" if _gemm._via_channels_last(spec) else "")
+    return "elementwise" if _elementwise(spec) else "convs"
 
 
 def phase(x, w, spec, *, precision=None, preferred_element_type=None):
