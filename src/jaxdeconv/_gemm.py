@@ -1,4 +1,4 @@
-"""GEMM lowerings of the zero-free transposed convolution (channels-first, one group).
+"""GEMM lowerings of the zero-free transposed convolution (one group, either layout).
 
 The phase primitives (:mod:`jaxdeconv._phase`) lower here on a single device when
 :func:`applies` says so. Every product below is a plain matrix product of useful
@@ -25,9 +25,16 @@ small, so the GEMMs above would have a short inner dimension):
   cotangent (space-to-depth), ``dK = Y @ P^T`` and ``dP = K^T @ Y``, whose patches
   are added back into ``dX`` (col2im, stride 1). ``Y`` is again shared.
 
-Activations are handled as ``[C, N, *spatial]`` (a swap of the two leading axes of
-torch's layout, a block copy), which makes every product a row-major GEMM and the
-interleave a pass over contiguous rows.
+Layouts: channels-first activations are handled as ``[C, N, *spatial]`` (a swap of
+the two leading axes, a block copy), which makes every product a row-major GEMM and
+the interleave a pass over contiguous rows. Channels-last activations already are the
+row-major ``X[N * in, C_in]``; there ``G`` is ``[N * in, K * C_out]`` (``C_out``
+contiguous, as in ``g``) and ``dX = G @ W`` has the long axis as its rows. With at
+most 32 input channels, channels-first gradients are computed that way too
+(:func:`_via_channels_last`). XLA:CPU gives products to its fast GEMM (YNNPACK) only
+when the left operand is contracted on its last axis; where a transposed operand is
+needed it is materialized behind an optimization barrier (XLA would otherwise fold
+the transpose back into the product).
 """
 
 from __future__ import annotations
@@ -41,6 +48,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from ._plan import phase_plan
 from ._shapes import ConvTransposeSpec
 
 # The im2col'd cotangent G holds prod(kernel) / prod(stride) times the output: above
@@ -83,8 +91,6 @@ def strategy(spec: ConvTransposeSpec) -> str:
     1.1x on the k16 s8 vocoder; gradients 1.35x on DCGAN 512->256, 1.2x on the
     vocoder and the dilated layer, 1.1x on k3 s2 p1 op1.
     """
-    from ._phase import phase_plan
-
     groups = phase_plan(spec).groups
     one_conv = all(len(dim) == 1 and dim[0].n_taps > 1 for dim in groups)
     even = all(k % s == 0 for k, s in zip(spec.kernel_size, spec.stride))
@@ -100,7 +106,8 @@ def _acc_dtype(dtype, preferred_element_type):
     return np.dtype(np.float32) if np.dtype(dtype).itemsize < 4 else np.dtype(dtype)
 
 
-def _out_dtype(dtype, preferred_element_type):
+def out_dtype(dtype, preferred_element_type):
+    """The result dtype: ``preferred_element_type`` if given, else the inputs' dtype."""
     return np.dtype(preferred_element_type) if preferred_element_type is not None else dtype
 
 
@@ -211,7 +218,7 @@ def forward(x, w, *, spec, precision, preferred_element_type):
     axes = range(1, n + 1) if spec.channels_last else range(2, n + 2)
     for ax, (lo, hi), qq, st, f in zip(axes, spec.crop, q, s, full):
         crop[ax] = (-lo, -hi - (qq * st - f), 0)
-    return lax.pad(y, zero, crop).astype(_out_dtype(dtype, preferred_element_type))
+    return lax.pad(y, zero, crop).astype(out_dtype(dtype, preferred_element_type))
 
 
 def cotangent_cols(g, spec):
@@ -243,8 +250,6 @@ def cotangent_cols(g, spec):
 
 def _convs(spec):
     """The phase convolutions: ``(combo, members)`` per convolution (see ``phase_plan``)."""
-    from ._phase import phase_plan
-
     for combo in itertools.product(*phase_plan(spec).groups):
         yield combo, list(itertools.product(*(grp.members for grp in combo)))
 
@@ -399,7 +404,7 @@ def input_grad(g, w, *, spec, precision, preferred_element_type):
             preferred_element_type=acc,
         )
         dx = _from_cn(dx.reshape(ci, spec.batch, *spec.input_size), spec)
-    return dx.astype(_out_dtype(dtype, preferred_element_type))
+    return dx.astype(out_dtype(dtype, preferred_element_type))
 
 
 def weight_grad(x, g, *, spec, precision, preferred_element_type):
@@ -437,4 +442,4 @@ def weight_grad(x, g, *, spec, precision, preferred_element_type):
             precision=precision,
             preferred_element_type=acc,
         ).reshape(spec.weight_shape)
-    return dw.astype(_out_dtype(dtype, preferred_element_type))
+    return dw.astype(out_dtype(dtype, preferred_element_type))
