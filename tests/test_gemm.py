@@ -220,3 +220,21 @@ def test_training_step_program(layer):
             lambda g: _gemm._cotangent_phases(_gemm._to_cn(g, small), combo, members, small), g
         )
     assert shared.size in _shared_dot_operands(hlo).values(), _shared_dot_operands(hlo)
+
+
+def test_the_gemm_lowering_is_for_one_cpu_device(monkeypatch, rng):
+    """phase() binds lowering="gemm" on one CPU device, "conv" on GPU/TPU and on a mesh."""
+    spec = make_spec((2, 4, 4, 4), (4, 2, 4, 4), 2, 1)
+    x = rng.standard_normal(spec.input_shape).astype(np.float32)
+    w = rng.standard_normal(spec.weight_shape).astype(np.float32)
+
+    def bound_lowering(x, w):
+        (eqn,) = jax.make_jaxpr(lambda x, w: _phase.phase(x, w, spec))(x, w).eqns
+        return eqn.params["lowering"]
+
+    assert bound_lowering(x, w) == "gemm"
+    mesh = jax.sharding.Mesh(np.array(jax.devices()[:2]), ("d",))
+    xs = jax.device_put(x, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("d")))
+    assert bound_lowering(xs, w) == "conv"
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    assert bound_lowering(x, w) == "conv"
