@@ -14,6 +14,7 @@ import pytest
 
 from jaxdeconv import _gemm, _phase, make_spec
 from jaxdeconv._bench import LAYERS
+from jaxdeconv._plan import phase_plan
 from jaxdeconv.testing import numpy_conv_transpose_vjp, numpy_reference
 
 # (input shape, weight shape, stride, padding, output_padding, dilation)
@@ -215,7 +216,7 @@ def test_training_step_program(layer):
     if strategy == "cols":
         shared = jax.eval_shape(lambda g: _gemm.cotangent_cols(g, small), g)
     else:
-        ((combo, members),) = list(_gemm._convs(small))
+        ((combo, members),) = list(phase_plan(small).convolutions())
         shared = jax.eval_shape(
             lambda g: _gemm._cotangent_phases(_gemm._to_cn(g, small), combo, members, small), g
         )

@@ -221,6 +221,20 @@ def forward(x, w, *, spec, precision, preferred_element_type):
     return lax.pad(y, zero, crop).astype(out_dtype(dtype, preferred_element_type))
 
 
+def tap_planes(a, axes, spec):
+    """``a`` (an output-sized activation, ``axes`` its spatial axes) at the full-result
+    positions ``i * s + j * d`` of every input ``i``: yields ``(tap, plane)`` per tap."""
+    pads = [(0, 0, 0)] * a.ndim
+    for ax, (lo, hi) in zip(axes, spec.crop):
+        pads[ax] = (lo, hi, 0)  # back to the full (uncropped) result
+    ap = lax.pad(a, jnp.zeros((), a.dtype), pads)
+    for tap in np.ndindex(*spec.kernel_size):
+        start, limit, strides = [0] * ap.ndim, list(ap.shape), [1] * ap.ndim
+        for ax, j, dd, i, st in zip(axes, tap, spec.dilation, spec.input_size, spec.stride):
+            start[ax], limit[ax], strides[ax] = j * dd, j * dd + (i - 1) * st + 1, st
+        yield tap, lax.slice(ap, start, limit, strides)
+
+
 def cotangent_cols(g, spec):
     """``g`` at full-result positions ``i * s + j * d``, per tap (im2col with stride).
 
@@ -229,17 +243,8 @@ def cotangent_cols(g, spec):
     """
     n, cl = spec.ndim, spec.channels_last
     a = g if cl else _to_cn(g, spec)  # [N, *out, C] or [C, N, *out]
-    sp = list(range(1, n + 1)) if cl else list(range(2, n + 2))
-    pads = [(0, 0, 0)] * a.ndim
-    for ax, (lo, hi) in zip(sp, spec.crop):
-        pads[ax] = (lo, hi, 0)
-    gp = lax.pad(a, jnp.zeros((), g.dtype), pads)
-    planes = []
-    for tap in np.ndindex(*spec.kernel_size):
-        start, limit, strides = [0] * gp.ndim, list(gp.shape), [1] * gp.ndim
-        for ax, j, dd, i, st in zip(sp, tap, spec.dilation, spec.input_size, spec.stride):
-            start[ax], limit[ax], strides[ax] = j * dd, j * dd + (i - 1) * st + 1, st
-        planes.append(lax.slice(gp, start, limit, strides))
+    axes = list(range(1, n + 1)) if cl else list(range(2, n + 2))
+    planes = [plane for _, plane in tap_planes(a, axes, spec)]
     if cl:
         return jnp.stack(planes, -2).reshape(-1, len(planes) * spec.out_channels)
     return jnp.stack(planes, 1).reshape(spec.out_channels * len(planes), -1)
@@ -248,22 +253,10 @@ def cotangent_cols(g, spec):
 # ----------------------------------------------------------------------------- phase GEMMs
 
 
-def _convs(spec):
-    """The phase convolutions: ``(combo, members)`` per convolution (see ``phase_plan``)."""
-    for combo in itertools.product(*phase_plan(spec).groups):
-        yield combo, list(itertools.product(*(grp.members for grp in combo)))
-
-
-def _window_pads(combo, spec):
-    return [
-        (grp.lo, grp.size + (grp.n_taps - 1) * grp.dil - i - grp.lo)
-        for grp, i in zip(combo, spec.input_size)
-    ]
-
-
 def _patches(xt, combo, spec):
     """``P[C_in * T, N * size]``: the convolution's input windows, ``xt`` ``[C_in, N, *in]``."""
-    pads = [(0, 0, 0), (0, 0, 0), *((lo, hi, 0) for lo, hi in _window_pads(combo, spec))]
+    pads = [(0, 0, 0), (0, 0, 0)]
+    pads += [(*grp.pad(i), 0) for grp, i in zip(combo, spec.input_size)]
     xp = lax.pad(xt, jnp.zeros((), xt.dtype), pads)
     planes = []
     for us in itertools.product(*(range(grp.n_taps) for grp in combo)):
@@ -273,15 +266,18 @@ def _patches(xt, combo, spec):
     return jnp.stack(planes, 1).reshape(xt.shape[0] * len(planes), -1)
 
 
+def sub_kernel(w, phases, first_axis):
+    """The taps of ``w`` that serve the output phase ``phases`` (one per dimension);
+    ``w``'s kernel axes start at ``first_axis``."""
+    for ax, ph in enumerate(phases):
+        w = jnp.take(w, np.asarray(ph.taps), axis=first_axis + ax)
+    return w
+
+
 def _sub_kernels(w, members, spec):
     """``K[M * C_out, C_in * T]``: the members' sub-kernels, ``w`` in torch's layout."""
     ci, co = spec.in_channels, spec.out_channels
-    kernels = []
-    for mem in members:
-        k = w
-        for ax, ph in enumerate(mem):
-            k = jnp.take(k, np.asarray(ph.taps), axis=2 + ax)
-        kernels.append(k.reshape(ci, co, -1))
+    kernels = [sub_kernel(w, mem, 2).reshape(ci, co, -1) for mem in members]
     return jnp.stack(kernels).transpose(0, 2, 1, 3).reshape(len(members) * co, -1)
 
 
@@ -306,7 +302,7 @@ def _input_grad_phase(g, w, *, spec, precision, acc):
     w = _w_torch(w, spec)
     dx = None
     zero = jnp.zeros((), acc)
-    for combo, members in _convs(spec):
+    for combo, members in phase_plan(spec).convolutions():
         kt = lax.optimization_barrier(_sub_kernels(w, members, spec).T)  # see forward
         dp = lax.dot_general(
             kt,
@@ -319,7 +315,8 @@ def _input_grad_phase(g, w, *, spec, precision, acc):
         dp = dp.reshape(ci, *taps, spec.batch, *(grp.size for grp in combo))
         for us in itertools.product(*(range(t) for t in taps)):
             pads = [(0, 0, 0), (0, 0, 0)]
-            for u, grp, (lo, hi) in zip(us, combo, _window_pads(combo, spec)):
+            for u, grp, i in zip(us, combo, spec.input_size):
+                lo, hi = grp.pad(i)
                 pads.append((u * grp.dil - lo, (grp.n_taps - 1 - u) * grp.dil - hi, 0))
             t = lax.pad(dp[(slice(None), *us)], zero, pads)
             dx = t if dx is None else dx + t
@@ -331,7 +328,7 @@ def _weight_grad_phase(x, g, *, spec, precision, acc):
     ci, co = spec.in_channels, spec.out_channels
     xt, gt = _to_cn(x, spec), _to_cn(g, spec)
     taps: dict[tuple[int, ...], jax.Array] = {}
-    for combo, members in _convs(spec):
+    for combo, members in phase_plan(spec).convolutions():
         dk = lax.dot_general(
             _cotangent_phases(gt, combo, members, spec),
             _patches(xt, combo, spec),

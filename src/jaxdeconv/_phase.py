@@ -195,20 +195,10 @@ def _forward_impl(x, w, *, spec, precision, preferred_element_type, lowering="co
     wc = _w_to_cl(w, spec).reshape(*spec.kernel_size, g, cig, cog)
     wc = jnp.moveaxis(wc, n, n + 1)  # [*k, cig, g, cog]
     outs: dict[tuple[int, ...], jax.Array] = {}
-    for combo in itertools.product(*plan.groups):
-        members = list(itertools.product(*(grp.members for grp in combo)))
-        kernels = []
-        for mem in members:
-            k = wc
-            for ax, ph in enumerate(mem):
-                k = jnp.take(k, np.asarray(ph.taps), axis=ax)
-            kernels.append(k)
-        k = jnp.stack(kernels, axis=-2)  # [*T, cig, g, M, cog]
-        k = k.reshape(*k.shape[:n], cig, g * len(members) * cog)
-        pads = [
-            (grp.lo, grp.size + (grp.n_taps - 1) * grp.dil - i - grp.lo)
-            for grp, i in zip(combo, spec.input_size)
-        ]
+    for combo, members in plan.convolutions():
+        k = jnp.stack([_gemm.sub_kernel(wc, mem, 0) for mem in members], axis=-2)
+        k = k.reshape(*k.shape[:n], cig, g * len(members) * cog)  # from [*T, cig, g, M, cog]
+        pads = [grp.pad(i) for grp, i in zip(combo, spec.input_size)]
         y = _stride1_conv(
             xc,
             k,
@@ -269,9 +259,7 @@ def _forward_elementwise(x, w, *, spec, preferred_element_type):
     for dim, i in zip(plan.phases, spec.input_size):
         live = [ph for ph in dim if ph.taps]
         lo_all.append(max(ph.lo for ph in live) if live else 0)
-        hi_all.append(
-            max(ph.n + (len(ph.taps) - 1) * ph.dil - i - ph.lo for ph in live) if live else 0
-        )
+        hi_all.append(max(ph.pad(i)[1] for ph in live) if live else 0)
     pads = [(0, 0, 0)] * xe.ndim
     for ax, lo, hi in zip(sp, lo_all, hi_all):
         pads[ax] = (lo, hi, 0)
@@ -312,17 +300,8 @@ def _tap_slices(g, spec):
 
     ``g`` is grouped (:func:`_grouped_native`); yields ``(tap, slice)``.
     """
-    cog = spec.out_channels // spec.groups
-    ge, sp = _grouped_native(g, spec, cog)
-    pads = [(0, 0, 0)] * ge.ndim
-    for ax, (lo, hi) in zip(sp, spec.crop):
-        pads[ax] = (lo, hi, 0)  # back to the full (uncropped) result
-    gp = lax.pad(ge, jnp.zeros((), ge.dtype), pads)
-    for tap in np.ndindex(*spec.kernel_size):
-        start, limit, strides = [0] * gp.ndim, list(gp.shape), [1] * gp.ndim
-        for ax, j, d, i, s in zip(sp, tap, spec.dilation, spec.input_size, spec.stride):
-            start[ax], limit[ax], strides[ax] = j * d, j * d + (i - 1) * s + 1, s
-        yield tap, lax.slice(gp, start, limit, strides)
+    ge, sp = _grouped_native(g, spec, spec.out_channels // spec.groups)
+    return _gemm.tap_planes(ge, sp, spec)
 
 
 def _w_taps(w, spec):
@@ -421,7 +400,7 @@ def _weight_grad_impl(x, g, *, spec, precision, preferred_element_type, lowering
         pads = [(0, 0, 0)] * xe.ndim
         for ax, ph, s, i in zip(sp, mem, spec.stride, spec.input_size):
             index[ax] = slice(ph.p, None, s)
-            pads[ax] = (ph.lo, ph.n + (len(ph.taps) - 1) * ph.dil - i - ph.lo, 0)
+            pads[ax] = (*ph.pad(i), 0)
         gp = ge[tuple(index)]
         xp = lax.pad(xe, jnp.zeros((), xe.dtype), pads)
         for us in itertools.product(*(range(len(ph.taps)) for ph in mem)):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import itertools
 import math
 
 from ._shapes import ConvTransposeSpec
@@ -36,6 +37,10 @@ class DimPhase:
     dil: int
     lo: int
 
+    def pad(self, in_size: int) -> tuple[int, int]:
+        """Low and high padding of an ``in_size`` input for this phase's window."""
+        return self.lo, self.n + (len(self.taps) - 1) * self.dil - in_size - self.lo
+
 
 @dataclasses.dataclass(frozen=True)
 class DimGroup:
@@ -58,6 +63,10 @@ class DimGroup:
 
     def offset(self, m: DimPhase) -> int:
         return self.lo - m.lo
+
+    def pad(self, in_size: int) -> tuple[int, int]:
+        """Low and high padding of an ``in_size`` input for the convolution's window."""
+        return self.lo, self.size + (self.n_taps - 1) * self.dil - in_size - self.lo
 
 
 def _dim_phases(
@@ -107,6 +116,11 @@ class PhasePlan:
 
     phases: tuple[tuple[DimPhase, ...], ...]
     groups: tuple[tuple[DimGroup, ...], ...]
+
+    def convolutions(self):
+        """Per convolution: its group in every dimension and its member phases."""
+        for combo in itertools.product(*self.groups):
+            yield combo, list(itertools.product(*(grp.members for grp in combo)))
 
 
 @functools.lru_cache(maxsize=512)
