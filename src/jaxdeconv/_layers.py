@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ._api import METHODS, conv_transpose
-from ._init import channel_counts
+from ._init import channel_counts, init_conv_transpose
 from ._shapes import _as_int, _as_tuple, _is_pair_sequence, make_spec
 
 # A spatial size large enough that every padding gives a positive output: used
@@ -192,3 +192,19 @@ def read_torch(module, channels_last: bool, dtype):
         dilation=tuple(module.dilation),
     )
     return kwargs, weight, bias
+
+
+def init_params(cfg: LayerConfig, key: jax.Array, bias: Any, dtype) -> tuple[Any, Any]:
+    """A layer's ``(weight, bias or None)`` with PyTorch's default init, ``bias`` checked."""
+    if not isinstance(bias, bool):
+        raise TypeError(f"bias must be a bool, got {bias!r}")
+    return init_conv_transpose(
+        key,
+        cfg.in_channels,
+        cfg.out_channels,
+        cfg.kernel_size,
+        cfg.groups,
+        bias,
+        channels_last=cfg.channels_last,
+        dtype=dtype,
+    )

@@ -14,7 +14,6 @@ import jax
 from jax.typing import ArrayLike
 
 from . import _layers
-from ._init import init_conv_transpose
 from ._shapes import IntOrSeq, PaddingLike
 
 __all__ = ["ConvTranspose"]
@@ -102,21 +101,10 @@ class ConvTranspose(eqx.Module):
             channels_last,
             method,
         )
-        if not isinstance(bias, bool):
-            raise TypeError(f"bias must be a bool, got {bias!r}")
         self.config = cfg
         self.precision = precision
         self.preferred_element_type = preferred_element_type
-        self.weight, self.bias = init_conv_transpose(
-            key,
-            cfg.in_channels,
-            cfg.out_channels,
-            cfg.kernel_size,
-            cfg.groups,
-            bias,
-            channels_last=cfg.channels_last,
-            dtype=dtype,
-        )
+        self.weight, self.bias = _layers.init_params(cfg, key, bias, dtype)
 
     # PyTorch's attribute names, read from the static configuration.
     in_channels = property(lambda self: self.config.in_channels)

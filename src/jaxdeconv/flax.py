@@ -13,7 +13,6 @@ from flax import nnx
 from jax.typing import ArrayLike
 
 from . import _layers
-from ._init import init_conv_transpose
 from ._shapes import IntOrSeq, PaddingLike
 
 __all__ = ["ConvTranspose"]
@@ -95,8 +94,6 @@ class ConvTranspose(nnx.Module):
             channels_last,
             method,
         )
-        if not isinstance(bias, bool):
-            raise TypeError(f"bias must be a bool, got {bias!r}")
         self.config = cfg
         self.in_channels = cfg.in_channels
         self.out_channels = cfg.out_channels
@@ -110,16 +107,7 @@ class ConvTranspose(nnx.Module):
         self.method = cfg.method
         self.precision = precision
         self.preferred_element_type = preferred_element_type
-        w, b = init_conv_transpose(
-            rngs.params(),
-            cfg.in_channels,
-            cfg.out_channels,
-            cfg.kernel_size,
-            cfg.groups,
-            bias,
-            channels_last=cfg.channels_last,
-            dtype=dtype,
-        )
+        w, b = _layers.init_params(cfg, rngs.params(), bias, dtype)
         self.weight = nnx.Param(w)
         self.bias = nnx.Param(b) if b is not None else None
 
