@@ -98,6 +98,15 @@ def _check_array(name: str, value) -> jax.Array:
     return arr
 
 
+def add_bias(y: jax.Array, bias, spec: ConvTransposeSpec) -> jax.Array:
+    """``y`` plus ``bias`` (``[C_out]`` or None) broadcast along spec's channel axis."""
+    if bias is None:
+        return y
+    shape = [1] * y.ndim
+    shape[spec.channel_axis] = spec.out_channels
+    return y + jnp.asarray(bias).astype(y.dtype).reshape(shape)
+
+
 def conv_transpose(
     input: ArrayLike,
     weight: ArrayLike,
@@ -236,10 +245,7 @@ def conv_transpose(
 
         fn = functools.partial(per_group, base=name)
     y = fn(x, w, spec, precision=precision, preferred_element_type=preferred_element_type)
-    if b is not None:
-        shape = [1] * y.ndim
-        shape[spec.channel_axis] = spec.out_channels
-        y = y + b.astype(y.dtype).reshape(shape)
+    y = add_bias(y, b, spec)
     return y[0] if unbatched else y
 
 

@@ -64,6 +64,7 @@ from jax.sharding import Mesh, PartitionSpec
 from jax.typing import ArrayLike
 
 from . import _formulations
+from ._api import add_bias
 from ._api import conv_transpose as _conv_transpose
 from ._shapes import ConvTransposeSpec, IntOrSeq, PaddingLike, make_spec
 
@@ -223,14 +224,6 @@ def _batched_spec(
     return x, unbatched, spec
 
 
-def _add_bias(y: jax.Array, bias, spec: ConvTransposeSpec) -> jax.Array:
-    if bias is None:
-        return y
-    shape = [1] * y.ndim
-    shape[spec.channel_axis] = spec.out_channels
-    return y + jnp.asarray(bias).astype(y.dtype).reshape(shape)
-
-
 def conv_transpose(
     input: ArrayLike,
     weight: ArrayLike,
@@ -303,7 +296,7 @@ def conv_transpose(
         return _conv_transpose(input, weight, bias, *args, method=method, **kw, **jax_kw)
     dtype = jnp.result_type(x.dtype, w.dtype)
     y = per_group(x.astype(dtype), w.astype(dtype), spec, base=base, **jax_kw)
-    y = _add_bias(y, bias, spec)
+    y = add_bias(y, bias, spec)
     return y[0] if unbatched else y
 
 
@@ -514,5 +507,5 @@ def conv_transpose_spatial(
         in_specs=(PartitionSpec(*act), PartitionSpec()),
         out_specs=PartitionSpec(*act),
     )(x, w)
-    y = _add_bias(y, bias, spec)
+    y = add_bias(y, bias, spec)
     return y[0] if unbatched else y
