@@ -2,7 +2,8 @@
 
 import json
 
-from jaxdeconv import _bench, _cli
+from jaxdeconv.tools import bench as _bench
+from jaxdeconv.tools import cli as _cli
 
 
 def test_bench_writes_json_markdown_and_png(tmp_path):

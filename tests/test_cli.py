@@ -7,7 +7,8 @@ import sys
 
 import pytest
 
-from jaxdeconv import _cli, _verify
+from jaxdeconv.tools import cli as _cli
+from jaxdeconv.tools import verify as _verify
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 

@@ -10,7 +10,9 @@ import torch
 import torch.nn.functional as F
 from matplotlib import image as mpimg
 
-from jaxdeconv import FORMULATIONS, _cli, _explain, conv_transpose, study
+from jaxdeconv import FORMULATIONS, conv_transpose, study
+from jaxdeconv.tools import cli as _cli
+from jaxdeconv.tools import explain as _explain
 
 SEED_GRID = ["4 12 11  6", "0  7 14 11", "2  7 11  8", "0  2  3  2"]
 
@@ -220,7 +222,7 @@ def test_figures_are_written_and_not_empty(tmp_path, capsys, argv):
 
 
 def test_figure_functions_directly(tmp_path):
-    from jaxdeconv import _figures
+    from jaxdeconv.tools import figures as _figures
 
     rng = np.random.default_rng(0)
     x, w = rng.integers(0, 5, (1, 2, 3, 4)), rng.integers(-2, 3, (2, 1, 3, 3))

@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 
 from jaxdeconv import _gemm, _phase, make_spec
-from jaxdeconv._bench import LAYERS
 from jaxdeconv._plan import phase_plan
 from jaxdeconv.testing import numpy_conv_transpose_vjp, numpy_reference
+from jaxdeconv.tools.bench import LAYERS
 
 # (input shape, weight shape, stride, padding, output_padding, dilation)
 CASES = [

@@ -23,9 +23,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ._api import conv_transpose
-from ._formulations import FORMULATIONS
-from ._reference import numpy_conv_transpose
+from .._api import conv_transpose
+from .._formulations import FORMULATIONS
+from .._reference import numpy_conv_transpose
 
 __all__ = ["Case", "grid", "main", "run_case"]
 
@@ -173,7 +173,7 @@ def _sweep_cases() -> list[Case]:
         op = max(s, d) - 1 if (k + s + p) % 2 else 0
         size = (3 + k % 2, 4)
         try:
-            from ._shapes import make_spec
+            from .._shapes import make_spec
 
             make_spec((1, 2 * g, *size), (2 * g, 2, k, k), s, p, op, g, d)
         except ValueError:
@@ -260,7 +260,7 @@ def _from_layout(case: Case, y):
 
 def _jit_gradients_work(method: str) -> bool:
     """False when jax.jit of the formulation's derivatives aborts XLA (probed in a subprocess)."""
-    from .testing import jit_gradient_failure
+    from ..testing import jit_gradient_failure
 
     return jit_gradient_failure(method) is None
 
@@ -279,8 +279,8 @@ def _gradient_references(case: Case, x, w, b, xl, wl):
     tb`` for the JVP (always), and ``torch.autograd`` (where torch can express
     the case).
     """
-    from . import testing
-    from ._shapes import make_spec, output_padding_for_size
+    from .. import testing
+    from .._shapes import make_spec, output_padding_for_size
 
     rng = np.random.default_rng(zlib.crc32(case.name.encode()) + 1)
     batched = (lambda a: a) if not case.unbatched else (lambda a: a[None])
@@ -496,7 +496,7 @@ def main(argv=None) -> int:
         )
     cases = grid(args.quick)
     if gradients:
-        from .testing import jit_gradient_failures
+        from ..testing import jit_gradient_failures
 
         jit_gradient_failures(args.method or list(FORMULATIONS))  # one subprocess, cached
     print(
@@ -554,7 +554,7 @@ def main(argv=None) -> int:
         + f"{time.perf_counter() - start:.1f}s"
     )
     for method in aborted:
-        from .testing import jit_gradient_failure
+        from ..testing import jit_gradient_failure
 
         print(f"FAIL {method}: jax.jit of its gradients aborts XLA: {jit_gradient_failure(method)}")
     if failed:

@@ -7,9 +7,9 @@ import sys
 
 # command -> (module, one-line help); each module has main(argv) -> exit status.
 COMMANDS = {
-    "verify": ("jaxdeconv._verify", "reproduce the seed and cross-check every formulation"),
-    "explain": ("jaxdeconv._explain", "walk through a transposed convolution step by step"),
-    "bench": ("jaxdeconv._bench", "time every formulation and the baselines on real layers"),
+    "verify": ("jaxdeconv.tools.verify", "reproduce the seed and cross-check every formulation"),
+    "explain": ("jaxdeconv.tools.explain", "walk through a transposed convolution step by step"),
+    "bench": ("jaxdeconv.tools.bench", "time every formulation and the baselines on real layers"),
 }
 
 

@@ -20,9 +20,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from . import study
-from ._api import conv_transpose
-from ._formulations import FORMULATIONS
+from .. import study
+from .._api import conv_transpose
+from .._formulations import FORMULATIONS
 
 __all__ = ["explain", "main"]
 
@@ -525,7 +525,7 @@ def main(argv=None) -> int:
     print("\n".join(lines))
     if args.figures:
         try:
-            from . import _figures
+            from . import figures as _figures
 
             paths = _figures.write_figures(
                 data["steps"], args.figures, matrix=data["statement"].matrix, title=data["call"]

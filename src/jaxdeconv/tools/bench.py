@@ -31,11 +31,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ._api import conv_transpose
-from ._formulations import FORMULATIONS, choose, flipped_kernel
-from ._phase import lowering_label
-from ._reference import numpy_conv_transpose
-from ._shapes import ConvTransposeSpec, make_spec
+from .._api import conv_transpose
+from .._formulations import FORMULATIONS, choose, flipped_kernel
+from .._phase import lowering_label
+from .._reference import numpy_conv_transpose
+from .._shapes import ConvTransposeSpec, make_spec
 
 __all__ = ["LAYERS", "Layer", "main", "run"]
 
@@ -561,7 +561,7 @@ def plot(data: dict[str, Any], path: Path) -> None:
 
 
 def run(opts) -> dict[str, Any]:
-    from . import testing
+    from .. import testing
 
     log = (lambda s: print(s, flush=True)) if not opts.silent else (lambda s: None)
     broken = {

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import study
+from .. import study
 
 __all__ = ["coverage_figure", "matrix_figure", "process_figure", "write_figures"]
 
