@@ -34,7 +34,7 @@ def test_verify_quick_passes_and_prints_rows(capsys):
 
 
 def test_verify_fails_on_disagreement(monkeypatch, capsys):
-    from jaxdeconv import _formulations
+    from jaxdeconv import formulations as _formulations
 
     def broken(x, w, spec, **kw):
         return _formulations.lhs_dilated(x, w, spec, **kw) * 1.001

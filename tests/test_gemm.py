@@ -1,4 +1,4 @@
-"""The GEMM lowerings of the phase primitives (``jaxdeconv._gemm``).
+"""The GEMM lowerings of the phase primitives (``jaxdeconv.formulations.phase.gemm``).
 
 On one device, channels-first layers with one group lower to GEMMs; both strategies
 ("cols" and "phase") and the convolution lowering must give the NumPy definition's
@@ -12,8 +12,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxdeconv import _gemm, _phase, make_spec
-from jaxdeconv._plan import phase_plan
+import jaxdeconv
+from jaxdeconv import PhaseKernels, make_spec
+from jaxdeconv._cost import MAX_COLS_BYTES, gemm_applies
+from jaxdeconv._phases import phase_plan
+from jaxdeconv._plan import phase_kernels
+from jaxdeconv.formulations.phase import gemm as _gemm
+from jaxdeconv.formulations.phase import primitives as _phase
 from jaxdeconv.testing import numpy_conv_transpose_vjp, numpy_reference
 from jaxdeconv.tools.bench import LAYERS
 
@@ -42,38 +47,36 @@ def _spec(case, channels_last=False):
     return make_spec(xs, ws, s, p, op, 1, d)
 
 
-def _bind(prim, a, b, spec, lowering):
-    params = dict(spec=spec, precision=None, preferred_element_type=None, lowering=lowering)
+# Each route as the plan's kernels (the planner's override, not a patched private).
+ROUTES = {
+    "conv": PhaseKernels("conv", "phase_convs", "convs", "convs"),
+    "gemm-cols": PhaseKernels("gemm", "gemm_cols", "gemm_cols", "gemm_cols"),
+    "gemm-cols-via-cl": PhaseKernels("gemm", "gemm_cols", "gemm_cols_nhwc", "gemm_cols_nhwc"),
+    "gemm-phase": PhaseKernels("gemm", "phase_convs", "gemm_phase", "gemm_phase"),
+}
+
+
+def _strategy(spec, dtype=np.float32) -> str:
+    """The planner's CPU strategy for ``spec``: "cols", "phase" or "convs"."""
+    k = phase_kernels(spec, np.dtype(dtype))
+    if k.lowering == "conv":
+        return "convs"
+    return "cols" if k.forward == "gemm_cols" else "phase"
+
+
+def _bind(prim, a, b, spec, kernels):
+    params = dict(spec=spec, precision=None, preferred_element_type=None, kernels=kernels)
     return prim.bind(a, b, **params)
-
-
-@pytest.fixture
-def force_strategy(monkeypatch):
-    """Force ``_gemm.strategy``'s answer (and drop compiled programs that used it)."""
-
-    def force(name, via_channels_last=None):
-        monkeypatch.setattr(_gemm, "strategy", lambda spec: name)
-        if via_channels_last is not None:
-            monkeypatch.setattr(
-                _gemm,
-                "_via_channels_last",
-                lambda spec: via_channels_last and not spec.channels_last,
-            )
-        jax.clear_caches()
-
-    yield force
-    jax.clear_caches()
 
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: f"{len(c[0]) - 2}d-k{c[1][2:]}-s{c[2]}")
 @pytest.mark.parametrize("route", ["conv", "gemm-cols", "gemm-cols-via-cl", "gemm-phase"])
 @pytest.mark.parametrize("channels_last", [False, True], ids=["cf", "cl"])
-def test_values_and_gradients_match_numpy(case, route, channels_last, force_strategy, rng):
+def test_values_and_gradients_match_numpy(case, route, channels_last, rng):
     spec = _spec(case, channels_last)
-    lowering = route.split("-")[0]
-    if lowering == "gemm":
-        assert _gemm.applies(spec, np.float64), spec
-        force_strategy(route.split("-")[1], via_channels_last=route.endswith("via-cl"))
+    lowering = ROUTES[route]
+    if lowering.lowering == "gemm":
+        assert gemm_applies(spec, np.float64), spec
     x = rng.standard_normal(spec.input_shape)
     w = rng.standard_normal(spec.weight_shape)
     g = rng.standard_normal(spec.output_shape)
@@ -89,21 +92,21 @@ def test_values_and_gradients_match_numpy(case, route, channels_last, force_stra
 
 
 @pytest.mark.parametrize("route", ["cols", "phase"])
-def test_half_precision_accumulates_in_float32(route, force_strategy, rng):
+def test_half_precision_accumulates_in_float32(route, rng):
     spec = make_spec((2, 8, 6, 6), (8, 4, 4, 4), 2, 1)
-    force_strategy(route)
+    kernels = ROUTES[f"gemm-{route}"]
     x = rng.standard_normal(spec.input_shape).astype(np.float32)
     w = rng.standard_normal(spec.weight_shape).astype(np.float32)
     ref = numpy_reference(x, w, spec)
     xb, wb = jnp.asarray(x, jnp.bfloat16), jnp.asarray(w, jnp.bfloat16)
-    y = _bind(_phase.forward_p, xb, wb, spec, "gemm")
+    y = _bind(_phase.forward_p, xb, wb, spec, kernels)
     assert y.dtype == jnp.bfloat16
     # The inputs' own rounding (2^-8 relative) bounds the error, not the 16 taps' sums.
     exact = numpy_reference(np.asarray(xb, np.float64), np.asarray(wb, np.float64), spec)
     np.testing.assert_allclose(np.asarray(y, np.float64), exact, rtol=1e-2, atol=1e-2)
     np.testing.assert_allclose(np.asarray(y, np.float64), ref, rtol=5e-2, atol=1e-1)
     dx, dw = jax.grad(
-        lambda x, w: jnp.sum(_bind(_phase.forward_p, x, w, spec, "gemm").astype(jnp.float32) ** 2),
+        lambda x, w: jnp.sum(_bind(_phase.forward_p, x, w, spec, kernels).astype(jnp.float32) ** 2),
         (0, 1),
     )(xb, wb)
     assert dx.dtype == dw.dtype == jnp.bfloat16
@@ -120,10 +123,10 @@ def test_preferred_element_type_is_the_output_dtype(rng):
 
 
 def test_strategy_rule_on_the_bench_layers():
-    """The measured rule (see ``_gemm.strategy``) on the suite's layers."""
-    applies = {name: _gemm.applies(layer.spec(), np.float32) for name, layer in LAYERS.items()}
+    """The planner's CPU strategy (``jaxdeconv._cost``) on the suite's layers."""
+    applies = {name: gemm_applies(layer.spec(), np.float32) for name, layer in LAYERS.items()}
     assert applies == {name: name != "depthwise" for name in LAYERS}  # groups > 1
-    picks = {name: _gemm.strategy(LAYERS[name].spec()) for name in LAYERS if applies[name]}
+    picks = {name: _strategy(LAYERS[name].spec()) for name in LAYERS if applies[name]}
     assert picks == {
         "dcgan": "cols",  # 4x4 input: the phase windows do not merge
         "dcgan_late": "phase",
@@ -138,31 +141,34 @@ def test_strategy_rule_on_the_bench_layers():
 
 
 def test_few_input_channels_take_the_channels_last_gradients():
+    def via_nhwc(spec):
+        return phase_kernels(spec, np.dtype(np.float32)).input_grad == "gemm_cols_nhwc"
+
     base = dict(input_shape=(2, 32, 4, 4, 4), weight_shape=(32, 16, 3, 3, 3), stride=2)
-    assert _gemm._via_channels_last(make_spec(**base))
-    assert not _gemm._via_channels_last(make_spec((2, 64, 4, 4, 4), (64, 16, 3, 3, 3), 2))
+    assert via_nhwc(make_spec(**base))
+    assert not via_nhwc(make_spec((2, 64, 4, 4, 4), (64, 16, 3, 3, 3), 2))
     cl = make_spec((2, 4, 4, 4, 32), (3, 3, 3, 32, 16), 2, channels_last=True)
-    assert not _gemm._via_channels_last(cl)
+    assert not via_nhwc(cl)
 
 
 def test_what_the_gemm_lowering_does_not_serve():
     base = dict(input_shape=(2, 4, 8, 8), weight_shape=(4, 2, 3, 3), stride=2)
-    assert _gemm.applies(make_spec(**base), np.float32)
-    assert _gemm.applies(make_spec((2, 8, 8, 4), (3, 3, 4, 2), 2, channels_last=True), "f4")
-    # grouped, stride 1 with a 3x3 kernel (9 taps per output pixel), an empty batch
-    assert not _gemm.applies(make_spec((2, 4, 8, 8), (4, 1, 3, 3), 2, groups=2), np.float32)
-    assert not _gemm.applies(make_spec((2, 4, 8, 8), (4, 2, 3, 3), 1), np.float32)
-    assert not _gemm.applies(make_spec((0, 4, 8, 8), (4, 2, 3, 3), 2), np.float32)
+    assert gemm_applies(make_spec(**base), np.float32)
+    assert gemm_applies(make_spec((2, 8, 8, 4), (3, 3, 4, 2), 2, channels_last=True), "f4")
+    # grouped, an empty batch
+    assert not gemm_applies(make_spec((2, 4, 8, 8), (4, 1, 3, 3), 2, groups=2), np.float32)
+    assert not gemm_applies(make_spec((0, 4, 8, 8), (4, 2, 3, 3), 2), np.float32)
+    assert _strategy(make_spec((2, 4, 8, 8), (4, 1, 3, 3), 2, groups=2)) == "convs"
 
 
-def test_cols_bound(monkeypatch):
-    spec = make_spec((2, 4, 8, 8), (4, 2, 4, 4), 2)
-    assert _gemm.applies(spec, np.float32)
+def test_cols_bound():
+    """The GEMM lowering's buffer is bounded: a batch that would pass the bound is refused."""
     nbytes = 2 * 8 * 8 * 2 * 16 * 4  # N * in * C_out * K * itemsize
-    monkeypatch.setattr(_gemm, "MAX_COLS_BYTES", nbytes - 1)
-    assert not _gemm.applies(spec, np.float32)
-    monkeypatch.setattr(_gemm, "MAX_COLS_BYTES", nbytes)
-    assert _gemm.applies(spec, np.float32)
+    assert nbytes < MAX_COLS_BYTES
+    assert gemm_applies(make_spec((2, 4, 8, 8), (4, 2, 4, 4), 2), np.float32)
+    over = MAX_COLS_BYTES // nbytes * 2 + 2  # a batch whose cols pass the bound
+    assert not gemm_applies(make_spec((over, 4, 8, 8), (4, 2, 4, 4), 2), np.float32)
+    assert gemm_applies(make_spec((over - 2, 4, 8, 8), (4, 2, 4, 4), 2), np.float32)
 
 
 def _entry(hlo: str) -> list[str]:
@@ -205,8 +211,8 @@ def test_training_step_program(layer):
         1,
         spec.dilation,
     )
-    strategy = _gemm.strategy(small)
-    assert strategy == _gemm.strategy(spec)
+    strategy = _strategy(small)
+    assert strategy == _strategy(spec)
     x, w = jnp.ones(small.input_shape), jnp.ones(small.weight_shape)
     g = jnp.ones(small.output_shape)
     loss = lambda x, w: jnp.sum(_phase.phase(x, w, small) ** 2)  # noqa: E731
@@ -223,19 +229,20 @@ def test_training_step_program(layer):
     assert shared.size in _shared_dot_operands(hlo).values(), _shared_dot_operands(hlo)
 
 
-def test_the_gemm_lowering_is_for_one_cpu_device(monkeypatch, rng):
-    """phase() binds lowering="gemm" on one CPU device, "conv" on GPU/TPU and on a mesh."""
+def test_the_gemm_lowering_is_for_one_cpu_device(rng):
+    """phase() binds the GEMM lowering on one CPU device, the convs on GPU/TPU and a mesh."""
     spec = make_spec((2, 4, 4, 4), (4, 2, 4, 4), 2, 1)
     x = rng.standard_normal(spec.input_shape).astype(np.float32)
     w = rng.standard_normal(spec.weight_shape).astype(np.float32)
 
     def bound_lowering(x, w):
         (eqn,) = jax.make_jaxpr(lambda x, w: _phase.phase(x, w, spec))(x, w).eqns
-        return eqn.params["lowering"]
+        return eqn.params["kernels"].lowering
 
     assert bound_lowering(x, w) == "gemm"
     mesh = jax.sharding.Mesh(np.array(jax.devices()[:2]), ("d",))
     xs = jax.device_put(x, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("d")))
     assert bound_lowering(xs, w) == "conv"
-    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
-    assert bound_lowering(x, w) == "conv"
+    # The planner's answer for GPU, asked without pretending to be on one.
+    assert jaxdeconv.plan(x, w, stride=2, padding=1, backend="gpu", method="phase").kernels.lowering == "conv"
+    assert jaxdeconv.plan(x, w, stride=2, padding=1, backend="gpu").formulation == "lhs_dilated"

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 import jaxdeconv
-from jaxdeconv import _api, conv_transpose
+from jaxdeconv import conv_transpose
+from jaxdeconv.formulations import lax_based as _api
 
 METHODS = ("auto", *jaxdeconv.FORMULATIONS)
 X = jnp.ones((1, 2, 4, 4))

@@ -13,9 +13,12 @@ import pytest
 import torch
 from jax.test_util import check_grads
 
-from jaxdeconv import _phase, conv_transpose, make_spec, numpy_conv_transpose
-from jaxdeconv._formulations import FORMULATIONS, choose, lhs_dilated
-from jaxdeconv._phase import phase, phase_plan
+import jaxdeconv
+from jaxdeconv import FORMULATIONS, conv_transpose, make_spec, numpy_conv_transpose
+from jaxdeconv._phases import phase_plan
+from jaxdeconv.formulations.lax_based import lhs_dilated
+from jaxdeconv.formulations.phase import phase
+from jaxdeconv.formulations.phase import primitives as _phase
 
 
 def _arrays(spec, rng, dtype=np.float64):
@@ -172,9 +175,13 @@ def test_gradient_avoids_dilated_convolutions(lowering):
     spec = make_spec((2, 8, 6, 6), (8, 4, 4, 4), 2, 1)
     x, w = (jnp.asarray(a) for a in _arrays(spec, np.random.default_rng(0), np.float32))
 
+    strategy = "convs" if lowering == "conv" else None
+    kernels = jaxdeconv.plan(x, w, stride=2, padding=1, strategy=strategy, method="phase").kernels
+    assert kernels.lowering == lowering
+
     def fwd(x, w):
         params = dict(spec=spec, precision=None, preferred_element_type=None)
-        return _phase.forward_p.bind(x, w, lowering=lowering, **params)
+        return _phase.forward_p.bind(x, w, kernels=kernels, **params)
 
     f = jax.grad(lambda x, w: jnp.sum(fwd(x, w) ** 2), (0, 1))
     hlo = jax.jit(f).lower(x, w).as_text()
@@ -247,4 +254,5 @@ def test_registered_and_auto_picks_phase_on_cpu():
     assert FORMULATIONS["phase"] is phase
     spec = make_spec((1, 1, 3), (1, 1, 2), 2, 0)
     assert jax.default_backend() == "cpu"
-    assert choose(spec) == "phase"
+    x, w = jnp.ones(spec.input_shape), jnp.ones(spec.weight_shape)
+    assert jaxdeconv.plan(x, w, stride=2).formulation == "phase"

@@ -23,7 +23,7 @@ from jax.sharding import PartitionSpec as P
 
 import jaxdeconv
 import jaxdeconv.sharding as jds
-from jaxdeconv import _formulations
+from jaxdeconv import formulations as _formulations
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 KW = dict(stride=2, padding=1, output_padding=1)  # k=3: out = 2 * in on every axis

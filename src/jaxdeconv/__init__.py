@@ -1,18 +1,22 @@
 """jaxdeconv: PyTorch-exact transposed convolution for JAX, computed several ways.
 
+``import jaxdeconv`` loads the functions below and their formulations only; the
+public submodules :mod:`jaxdeconv.layouts`, :mod:`jaxdeconv.sharding`,
+:mod:`jaxdeconv.study`, :mod:`jaxdeconv.testing` (and the optional
+:mod:`jaxdeconv.flax`, :mod:`jaxdeconv.equinox`) load on first use.
+
 >>> import jaxdeconv
 >>> sorted(jaxdeconv.FORMULATIONS)
 ['lhs_dilated', 'phase', 'vjp', 'zero_insertion']
 """
 
-from . import layouts as layouts  # the public module jaxdeconv.layouts
-from . import sharding as sharding  # the public module jaxdeconv.sharding
-from . import study as study  # the public module jaxdeconv.study (matrix, VJP, steps views)
-from ._api import conv_transpose, conv_transpose1d, conv_transpose2d, conv_transpose3d
-from ._formulations import FORMULATIONS
+import importlib
+
+from ._api import conv_transpose, conv_transpose1d, conv_transpose2d, conv_transpose3d, plan
 from ._init import init_conv_transpose
+from ._plan import PhaseKernels, Plan
 from ._reference import numpy_conv_transpose
-from ._shapes import (
+from ._spec import (
     ConvTransposeSpec,
     conv_transpose_output_size,
     make_spec,
@@ -20,12 +24,15 @@ from ._shapes import (
     resolve_padding,
     to_lax_padding,
 )
+from .formulations import FORMULATIONS, register
 
 __version__ = "0.1.0"
 
 __all__ = [
     "FORMULATIONS",
     "ConvTransposeSpec",
+    "PhaseKernels",
+    "Plan",
     "conv_transpose",
     "conv_transpose1d",
     "conv_transpose2d",
@@ -35,6 +42,21 @@ __all__ = [
     "make_spec",
     "numpy_conv_transpose",
     "output_padding_for_size",
+    "plan",
+    "register",
     "resolve_padding",
     "to_lax_padding",
 ]
+
+# Public submodules, imported on first attribute access (PEP 562).
+_LAZY = ("layouts", "sharding", "study", "testing", "formulations")
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        return importlib.import_module(f".{name}", __name__)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted([*globals(), *_LAZY])

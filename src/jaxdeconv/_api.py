@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import functools
-import math
-import os
+import dataclasses
+import inspect
 from collections.abc import Sequence
 
 import jax
@@ -12,9 +11,10 @@ import jax.numpy as jnp
 import numpy as np
 from jax.typing import ArrayLike
 
-from . import _formulations
-from ._phase import on_several_devices
-from ._shapes import (
+from . import formulations
+from ._layout import add_bias
+from ._plan import Plan, make_plan, on_several_devices, phase_kernels
+from ._spec import (
     ConvTransposeSpec,
     IntOrSeq,
     PaddingLike,
@@ -23,88 +23,151 @@ from ._shapes import (
     spatial_output_size,
 )
 
-__all__ = ["conv_transpose", "conv_transpose1d", "conv_transpose2d", "conv_transpose3d"]
-
-METHODS = ("auto", *_formulations.FORMULATIONS)
-
-ZERO_INSERTION_MAX_BYTES = 1 << 30
-"""Default bound (1 GiB) on what ``method="zero_insertion"`` may materialize.
-
-The zero-inserted, padded input plus the dilated kernel, in bytes. The
-environment variable ``JAXDECONV_ZERO_INSERTION_MAX_BYTES`` overrides it (an
-int number of bytes, or ``none`` for no bound); it is read on every call (at
-trace time under ``jit``).
-"""
-ZERO_INSERTION_ENV = "JAXDECONV_ZERO_INSERTION_MAX_BYTES"
+__all__ = ["conv_transpose", "conv_transpose1d", "conv_transpose2d", "conv_transpose3d", "plan"]
 
 
-def zero_insertion_max_bytes() -> int | None:
-    """The bound in force: the environment variable if set, else the default.
-
-    Returns:
-      A number of bytes, or ``None`` for no bound.
-
-    Raises:
-      ValueError: if the environment variable is neither a non-negative int nor
-        ``none``.
-    """
-    raw = os.environ.get(ZERO_INSERTION_ENV, "").strip()
-    if not raw:
-        return ZERO_INSERTION_MAX_BYTES
-    if raw.lower() in ("none", "inf", "unlimited"):
-        return None
-    try:
-        value = int(raw)
-    except ValueError:
-        value = -1
-    if value < 0:
-        raise ValueError(
-            f"{ZERO_INSERTION_ENV}={raw!r} must be a non-negative number of bytes or 'none'"
+def _check_array(name: str, value) -> jax.Array | jax.ShapeDtypeStruct:
+    """An array (or a ``jax.ShapeDtypeStruct``, for planning) of a floating dtype."""
+    if isinstance(value, (str, bytes)) or value is None:
+        raise TypeError(f"{name} must be an array, got {value!r}")
+    if not isinstance(value, (jax.Array, jax.ShapeDtypeStruct)):
+        try:
+            value = jnp.asarray(value)
+        except (TypeError, ValueError) as e:
+            raise TypeError(f"{name} must be an array, got {type(value).__name__}: {e}") from None
+    if not jnp.issubdtype(value.dtype, jnp.floating):
+        raise TypeError(
+            f"{name} must have a floating dtype (float16, bfloat16, float32, float64), "
+            f"got {value.dtype}; cast it first, e.g. {name}.astype(jnp.float32)"
         )
     return value
 
 
-def _check_zero_insertion_memory(spec: ConvTransposeSpec, dtype) -> None:
-    itemsize = np.dtype(dtype).itemsize
-    x_elems = spec.batch * spec.in_channels * math.prod(spec.zero_inserted_size)
-    per_group = spec.out_channels // spec.groups
-    w_elems = spec.in_channels * per_group * math.prod(spec.effective_kernel_size)
-    needed = (x_elems + w_elems) * itemsize
-    bound = zero_insertion_max_bytes()
-    if bound is not None and needed > bound:
-        raise ValueError(
-            f'method="zero_insertion" would materialize {needed} bytes ({needed / 2**20:.1f} '
-            f"MiB): a zero-inserted input of spatial size {spec.zero_inserted_size} "
-            f"(input {spec.input_size}, stride={spec.stride}) for {spec.batch}x"
-            f"{spec.in_channels} (batch x C_in) {np.dtype(dtype).name} maps, plus the dilated "
-            f"kernel, over the bound of {bound} bytes. Use method='auto' or 'lhs_dilated', "
-            f"which insert no zeros, or raise the bound with the environment variable "
-            f"{ZERO_INSERTION_ENV} (bytes, or 'none')"
-        )
+def _check_precision(precision):
+    """``precision`` as ``lax`` would canonicalize it; a ``ValueError`` naming it if bad."""
+    from jax._src.lax.lax import canonicalize_precision
 
-
-def _check_array(name: str, value) -> jax.Array:
-    if isinstance(value, (str, bytes)) or value is None:
-        raise TypeError(f"{name} must be an array, got {value!r}")
+    _check_static("precision", precision)
     try:
-        arr = jnp.asarray(value)
-    except (TypeError, ValueError) as e:
-        raise TypeError(f"{name} must be an array, got {type(value).__name__}: {e}") from None
-    if not jnp.issubdtype(arr.dtype, jnp.floating):
+        return canonicalize_precision(precision)
+    except (TypeError, ValueError):
+        raise ValueError(
+            f"precision={precision!r} must be None, a jax.lax.Precision, one of 'default', "
+            "'high', 'highest' (or 'fastest', 'bfloat16', 'tensorfloat32', 'float32'), or a "
+            "pair of these (input, weight)"
+        ) from None
+
+
+def _check_preferred_element_type(value):
+    _check_static("preferred_element_type", value)
+    if value is None:
+        return None
+    try:
+        dtype = np.dtype(value)
+    except TypeError:
+        raise TypeError(f"preferred_element_type={value!r} must be a dtype or None") from None
+    if not jnp.issubdtype(dtype, jnp.floating):
         raise TypeError(
-            f"{name} must have a floating dtype (float16, bfloat16, float32, float64), "
-            f"got {arr.dtype}; cast it first, e.g. {name}.astype(jnp.float32)"
+            f"preferred_element_type={value!r} must be a floating dtype (float16, bfloat16, "
+            "float32, float64) or None: the inputs are floating"
         )
-    return arr
+    return dtype
 
 
-def add_bias(y: jax.Array, bias, spec: ConvTransposeSpec) -> jax.Array:
-    """``y`` plus ``bias`` (``[C_out]`` or None) broadcast along spec's channel axis."""
-    if bias is None:
-        return y
-    shape = [1] * y.ndim
-    shape[spec.channel_axis] = spec.out_channels
-    return y + jnp.asarray(bias).astype(y.dtype).reshape(shape)
+def _check_method(method):
+    _check_static("method", method)
+    if isinstance(method, Plan):
+        formulations.get(method.formulation, argument="method.formulation")
+        return method
+    if method not in ("auto", "per_group"):
+        formulations.get(method)
+    return method
+
+
+def _prepare(
+    input,
+    weight,
+    bias,
+    stride,
+    padding,
+    output_padding,
+    groups,
+    dilation,
+    *,
+    output_size,
+    channels_last,
+    precision,
+    preferred_element_type,
+):
+    """Check arrays and arguments: ``(x, w, b, spec, unbatched, precision, pet)``.
+
+    ``x`` is batched; ``spec`` describes the batched call. Raises before XLA sees
+    anything.
+    """
+    x = _check_array("input", input)
+    w = _check_array("weight", weight)
+    if w.ndim < 3:
+        raise ValueError(
+            f"weight must have shape [C_in, C_out/groups, *kernel] with at least one "
+            f"spatial dimension, got weight.shape={w.shape}"
+        )
+    ndim = w.ndim - 2
+    unbatched = x.ndim == ndim + 1
+    shape = (1, *x.shape) if unbatched else x.shape
+    if unbatched and output_size is not None:
+        output_size = spatial_output_size(output_size, ndim, batched=False)
+    spec = make_spec(
+        shape,
+        w.shape,
+        stride,
+        padding,
+        output_padding,
+        groups,
+        dilation,
+        output_size=output_size,
+        channels_last=channels_last,
+    )
+    b = None
+    if bias is not None:
+        b = _check_array("bias", bias)
+        if b.shape != (spec.out_channels,):
+            raise ValueError(
+                f"bias.shape={b.shape} must be ({spec.out_channels},), one value per output channel"
+            )
+    precision = _check_precision(precision)
+    preferred_element_type = _check_preferred_element_type(preferred_element_type)
+    return x, w, b, spec, unbatched, precision, preferred_element_type
+
+
+def _plan_for(method, spec: ConvTransposeSpec, dtype, *arrays, on_mesh=None) -> Plan:
+    """The plan for this call: ``method`` itself if it is a :class:`Plan`."""
+    if on_mesh is None:
+        on_mesh = on_several_devices(*arrays)
+    if isinstance(method, Plan):
+        kernels = method.kernels
+        if kernels is not None and kernels.lowering == "gemm":
+            from ._cost import gemm_applies
+
+            if not gemm_applies(spec, dtype):
+                raise ValueError(
+                    f"method={method.label!r}: the GEMM lowering cannot run this layer "
+                    f"(groups={spec.groups}, batch={spec.batch}); plan it for these arguments "
+                    "with jaxdeconv.plan(...)"
+                )
+        return method
+    return make_plan(spec, np.dtype(dtype), method, on_mesh=on_mesh)
+
+
+def run(
+    plan_: Plan, x, w, spec: ConvTransposeSpec, *, precision=None, preferred_element_type=None
+) -> jax.Array:
+    """Run ``plan_`` on batched ``x`` and ``w`` in spec's layout (no bias)."""
+    kw = dict(precision=precision, preferred_element_type=preferred_element_type)
+    if plan_.per_group:
+        return formulations.per_group(x, w, spec, base=plan_.formulation, **kw)
+    if plan_.kernels is not None:
+        kw["kernels"] = plan_.kernels
+    return formulations.get(plan_.formulation)(x, w, spec, **kw)
 
 
 def conv_transpose(
@@ -194,78 +257,69 @@ def conv_transpose(
       Array([[ 7., 14.],
              [ 7., 11.]], dtype=float32)
     """
-    _check_static("method", method)
-    if not isinstance(method, str) or method not in METHODS:
-        raise ValueError(f"method={method!r} is not one of {METHODS}")
-    x = _check_array("input", input)
-    w = _check_array("weight", weight)
-    if w.ndim < 3:
-        raise ValueError(
-            f"weight must have shape [C_in, C_out/groups, *kernel] with at least one "
-            f"spatial dimension, got weight.shape={w.shape}"
-        )
-    ndim = w.ndim - 2
-    unbatched = x.ndim == ndim + 1
-    if unbatched:
-        x = x[None]
-        if output_size is not None:
-            output_size = spatial_output_size(output_size, ndim, batched=False)
-    spec = make_spec(
-        x.shape,
-        w.shape,
+    return _conv_transpose(
+        input,
+        weight,
+        bias,
         stride,
         padding,
         output_padding,
         groups,
         dilation,
         output_size=output_size,
+        method=method,
         channels_last=channels_last,
+        precision=precision,
+        preferred_element_type=preferred_element_type,
     )
-    b = None
-    if bias is not None:
-        b = _check_array("bias", bias)
-        if b.shape != (spec.out_channels,):
-            raise ValueError(
-                f"bias.shape={b.shape} must be ({spec.out_channels},), one value per output channel"
-            )
-    dtype = jnp.result_type(x.dtype, w.dtype)
-    x, w = x.astype(dtype), w.astype(dtype)
-    name = _formulations.choose(spec) if method == "auto" else method
-    if name == "zero_insertion":
-        _check_zero_insertion_memory(spec, dtype)
-    if method == "auto" and on_several_devices(x, w):
-        # Sharded over a mesh, auto takes the formulation XLA's SPMD partitioner
-        # splits with halo exchanges only (tests/test_sharding.py pins it), and
-        # runs a grouped layer as one ungrouped convolution per group: the
-        # partitioner all-gathers any convolution with feature_group_count > 1.
-        name = "lhs_dilated"
-    fn = _formulations.FORMULATIONS[name]
-    if method == "auto" and spec.groups > 1 and on_several_devices(x, w):
-        from .sharding import per_group
 
-        fn = functools.partial(per_group, base=name)
-    y = fn(x, w, spec, precision=precision, preferred_element_type=preferred_element_type)
+
+def _conv_transpose(input, weight, bias, *args, method, on_mesh=None, **kwargs):
+    """:func:`conv_transpose`, with the placement optionally given (``on_mesh``)."""
+    method = _check_method(method)
+    x, w, b, spec, unbatched, precision, preferred_element_type = _prepare(
+        input, weight, bias, *args, **kwargs
+    )
+    dtype = jnp.result_type(x.dtype, w.dtype)
+    x = (x[None] if unbatched else x).astype(dtype)
+    w = w.astype(dtype)
+    chosen = _plan_for(method, spec, dtype, x, w, on_mesh=on_mesh)
+    y = run(chosen, x, w, spec, precision=precision, preferred_element_type=preferred_element_type)
     y = add_bias(y, b, spec)
     return y[0] if unbatched else y
 
 
+def conv_transpose_on(*args, on_mesh: bool, **kwargs) -> jax.Array:
+    """:func:`conv_transpose` planned as if its arrays were (not) on several devices."""
+    a = _bind("conv_transpose", args, kwargs).arguments
+    return _conv_transpose(
+        a.pop("input"),
+        a.pop("weight"),
+        a.pop("bias"),
+        a.pop("stride"),
+        a.pop("padding"),
+        a.pop("output_padding"),
+        a.pop("groups"),
+        a.pop("dilation"),
+        on_mesh=on_mesh,
+        **a,
+    )
+
+
+def _bind(fn_name: str, args, kwargs) -> inspect.BoundArguments:
+    """``args``/``kwargs`` bound to :func:`conv_transpose`'s signature, defaults applied."""
+    try:
+        bound = inspect.signature(conv_transpose).bind(*args, **kwargs)
+    except TypeError as e:
+        raise TypeError(f"{fn_name}(): {e}") from None
+    bound.apply_defaults()
+    return bound
+
+
 def _ranked(n: int):
-    def fn(
-        input: ArrayLike,
-        weight: ArrayLike,
-        bias: ArrayLike | None = None,
-        stride: IntOrSeq = 1,
-        padding: PaddingLike = 0,
-        output_padding: IntOrSeq = 0,
-        groups: int = 1,
-        dilation: IntOrSeq = 1,
-        *,
-        output_size: Sequence[int] | int | None = None,
-        method: str = "auto",
-        channels_last: bool = False,
-        precision: jax.lax.PrecisionLike = None,
-        preferred_element_type: jax.typing.DTypeLike | None = None,
-    ) -> jax.Array:
+    def fn(*args, **kwargs) -> jax.Array:
+        bound = _bind(f"conv_transpose{n}d", args, kwargs)
+        weight, input = bound.arguments["weight"], bound.arguments["input"]
         w_ndim, x_ndim = np.ndim(weight), np.ndim(input)
         if w_ndim != n + 2 or x_ndim not in (n + 1, n + 2):
             raise ValueError(
@@ -273,22 +327,9 @@ def _ranked(n: int):
                 f"{n + 1} (unbatched) or {n + 2} (batched), got weight.shape="
                 f"{np.shape(weight)} and input.shape={np.shape(input)}"
             )
-        return conv_transpose(
-            input,
-            weight,
-            bias,
-            stride,
-            padding,
-            output_padding,
-            groups,
-            dilation,
-            output_size=output_size,
-            method=method,
-            channels_last=channels_last,
-            precision=precision,
-            preferred_element_type=preferred_element_type,
-        )
+        return conv_transpose(*bound.args, **bound.kwargs)
 
+    fn.__signature__ = inspect.signature(conv_transpose)
     fn.__name__ = fn.__qualname__ = f"conv_transpose{n}d"
     fn.__doc__ = (
         f"``torch.nn.functional.conv_transpose{n}d`` for JAX: :func:`conv_transpose` "
@@ -302,3 +343,79 @@ def _ranked(n: int):
 conv_transpose1d = _ranked(1)
 conv_transpose2d = _ranked(2)
 conv_transpose3d = _ranked(3)
+
+
+def plan(
+    *args,
+    backend: str | None = None,
+    on_mesh: bool | None = None,
+    strategy: str | None = None,
+    **kwargs,
+) -> Plan:
+    """What :func:`conv_transpose` would run for these arguments, and why.
+
+    Takes :func:`conv_transpose`'s arguments (arrays, or ``jax.ShapeDtypeStruct``
+    for shapes alone) and returns the :class:`~jaxdeconv._plan.Plan` it would
+    run: the formulation, whether groups run one by one, and for ``"phase"`` the
+    kernels of the forward pass and both gradients. ``plan(...).label`` is a
+    one-line summary; pass the plan back as ``conv_transpose(..., method=plan)``
+    to run exactly it.
+
+    Args:
+      *args, **kwargs: as for :func:`conv_transpose`.
+      backend: plan for this backend (default ``jax.default_backend()``).
+      on_mesh: plan as if the arrays were (``True``) or were not (``False``) on
+        several devices; default: from the arrays' placement.
+      strategy: force the phase formulation's CPU strategy, ``"cols"`` (GEMM +
+        col2im), ``"phase"`` (phase convolutions, GEMM gradients) or ``"convs"``
+        (the convolution lowering); ``method`` must then be ``"auto"`` or
+        ``"phase"``.
+
+    Returns:
+      A :class:`~jaxdeconv._plan.Plan`.
+
+    Examples:
+      >>> import jax, jaxdeconv
+      >>> x = jax.ShapeDtypeStruct((8, 64, 16, 16), "float32")
+      >>> w = jax.ShapeDtypeStruct((64, 32, 4, 4), "float32")
+      >>> p = jaxdeconv.plan(x, w, stride=2, padding=1, backend="cpu", on_mesh=False)
+      >>> p.formulation, p.kernels.lowering
+      ('phase', 'gemm')
+      >>> jaxdeconv.plan(x, w, stride=2, padding=1, backend="gpu").label
+      'lhs_dilated'
+    """
+    bound = _bind("plan", args, kwargs)
+    a = bound.arguments
+    method = _check_method(a["method"])
+    x, w, _, spec, _, _, _ = _prepare(
+        a["input"],
+        a["weight"],
+        a["bias"],
+        a["stride"],
+        a["padding"],
+        a["output_padding"],
+        a["groups"],
+        a["dilation"],
+        output_size=a["output_size"],
+        channels_last=a["channels_last"],
+        precision=a["precision"],
+        preferred_element_type=a["preferred_element_type"],
+    )
+    if backend is not None and not isinstance(backend, str):
+        raise TypeError(f"backend={backend!r} must be a string such as 'cpu' or 'gpu'")
+    if on_mesh is None:
+        on_mesh = on_several_devices(x, w)
+    dtype = np.dtype(jnp.result_type(x.dtype, w.dtype))
+    if isinstance(method, Plan):
+        return _plan_for(method, spec, dtype, on_mesh=on_mesh)
+    if strategy is None:
+        return make_plan(spec, dtype, method, backend=backend, on_mesh=bool(on_mesh))
+    if method not in ("auto", "phase"):
+        raise ValueError(f"strategy={strategy!r} needs method='auto' or 'phase', got {method!r}")
+    chosen = make_plan(spec, dtype, "phase", backend=backend, on_mesh=bool(on_mesh))
+    kernels = phase_kernels(
+        spec, dtype, backend=chosen.backend, on_mesh=chosen.on_mesh, strategy=strategy
+    )
+    return dataclasses.replace(
+        chosen, method=method, kernels=kernels, reason=f"strategy={strategy!r} asked for"
+    )

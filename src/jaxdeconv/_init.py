@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ._shapes import _as_int, _as_tuple
+from ._spec import _as_int, _as_tuple
 
 __all__ = ["init_conv_transpose"]
 

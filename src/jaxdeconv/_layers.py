@@ -14,9 +14,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ._api import METHODS, conv_transpose
+from ._api import _check_method, conv_transpose
 from ._init import channel_counts, init_conv_transpose
-from ._shapes import _as_int, _as_tuple, _is_pair_sequence, make_spec
+from ._spec import _as_int, _as_tuple, _is_pair_sequence, make_spec
 
 # A spatial size large enough that every padding gives a positive output: used
 # only to let make_spec validate the layer's arguments at construction.
@@ -84,8 +84,7 @@ def make_config(
         raise ValueError(f"kernel_size={kernel_size!r} must hold positive ints")
     if not isinstance(channels_last, (bool, np.bool_)):
         raise TypeError(f"channels_last must be a bool, got {channels_last!r}")
-    if not isinstance(method, str) or method not in METHODS:
-        raise ValueError(f"method={method!r} is not one of {METHODS}")
+    _check_method(method)
     if isinstance(padding, str):
         pad = padding
     elif _is_pair_sequence(padding):

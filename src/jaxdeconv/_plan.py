@@ -1,140 +1,242 @@
-"""The phase plan: which taps serve which output phase, and which phases share a convolution.
+"""Which algorithm runs: the one place that decides.
 
-A stride-``s`` transposed convolution computes output ``o`` (position ``o + lo`` of the
-full result) from the taps ``j`` with ``j * dilation = o + lo  (mod s)``: splitting the
-output by ``o mod s`` gives ``s`` phases per dimension, each a dense stride-1
-convolution with a sub-kernel (:mod:`jaxdeconv._phase`, :mod:`jaxdeconv._gemm`).
+:func:`make_plan` maps (spec, dtype, method, backend, device placement) to a
+:class:`Plan`: the formulation, whether grouped layers run group by group, and,
+for the phase formulation, the kernels of its forward pass and of both gradients
+(:class:`PhaseKernels`). ``conv_transpose``, the phase primitives (forward and
+both gradients, and again under ``vmap``), :mod:`jaxdeconv.sharding` and every
+report (``jaxdeconv bench``, ``verify``, :func:`jaxdeconv.plan`) read this plan;
+none of them re-derives it.
+
+The phase kernels on one CPU device come from :mod:`jaxdeconv._cost`; elsewhere
+the rules are structural: on a mesh only what XLA's partitioner splits with halo
+exchanges, on GPU and TPU the convolutions XLA hands to cuDNN or the TPU's convolution units.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
-import itertools
-import math
 
-from ._shapes import ConvTransposeSpec
+import jax
+import numpy as np
 
-__all__ = ["MERGE_WASTE", "DimGroup", "DimPhase", "PhasePlan", "phase_plan"]
+from . import _cost
+from ._spec import ConvTransposeSpec
 
-# Merge phases with equal tap counts but offset windows into one convolution when the
-# extra output rows cost at most this fraction (per dimension).
-MERGE_WASTE = 0.15
+__all__ = ["PhaseKernels", "Plan", "make_plan", "on_several_devices", "phase_kernels"]
+
+# Depthwise-like layers (one input channel per group, few outputs per group): XLA's
+# grouped convolutions are slow there and the work is memory-bound, so each phase is
+# a fused sum of per-tap products.
+ELEMENTWISE_MAX_OUT_PER_GROUP = 4
+
+FORWARD_KERNELS = ("gemm_cols", "phase_convs", "elementwise")
+GRAD_KERNELS = ("gemm_cols", "gemm_cols_nhwc", "gemm_phase", "convs", "elementwise")
 
 
 @dataclasses.dataclass(frozen=True)
-class DimPhase:
-    """One output phase along one spatial dimension.
+class PhaseKernels:
+    """How the phase primitives compute one layer: the forward pass and both gradients.
 
-    Output positions ``o = p + s * q`` for ``q in range(n)`` are
-    ``sum_u xpad[q + u * dil] * w[taps[u]]`` where ``xpad`` is the input padded with
-    ``lo`` on the low side (negative: cropped).
+    Attributes:
+      lowering: ``"gemm"`` (plain row-major GEMMs, one CPU device) or ``"conv"``
+        (stride-1 convolutions, which XLA partitions with halos and hands to cuDNN).
+      forward: ``"gemm_cols"`` (GEMM + col2im), ``"phase_convs"`` (one stride-1
+        convolution per group of phases) or ``"elementwise"`` (per-tap products).
+      input_grad, weight_grad: ``"gemm_cols"`` (from the im2col'd cotangent),
+        ``"gemm_cols_nhwc"`` (the same, computed channels-last),
+        ``"gemm_phase"`` (the phase convolutions' transposes as GEMMs), ``"convs"``
+        (the strided convolution / one dot per tap) or ``"elementwise"``.
+      fold_leading: run 3-d (and higher) phase convolutions as 2-d ones with the
+        leading taps folded into channels (faster on XLA:CPU; off on a mesh,
+        where the partitioner would gather the folded activation).
+      backend, on_mesh: what the kernels were chosen for, so that a changed spec
+        (under ``vmap``) is planned for the same place.
     """
 
-    p: int
-    n: int
-    taps: tuple[int, ...]
-    dil: int
-    lo: int
+    lowering: str
+    forward: str
+    input_grad: str
+    weight_grad: str
+    fold_leading: bool = True
+    backend: str = "cpu"
+    on_mesh: bool = False
 
-    def pad(self, in_size: int) -> tuple[int, int]:
-        """Low and high padding of an ``in_size`` input for this phase's window."""
-        return self.lo, self.n + (len(self.taps) - 1) * self.dil - in_size - self.lo
+    def __post_init__(self):
+        if self.forward not in FORWARD_KERNELS:
+            raise ValueError(f"forward={self.forward!r} is not one of {FORWARD_KERNELS}")
+        for name in ("input_grad", "weight_grad"):
+            if getattr(self, name) not in GRAD_KERNELS:
+                raise ValueError(f"{name}={getattr(self, name)!r} is not one of {GRAD_KERNELS}")
+
+    @property
+    def label(self) -> str:
+        fwd = {
+            "gemm_cols": "GEMM+col2im",
+            "phase_convs": "phase convs",
+            "elementwise": "elementwise",
+        }[self.forward]
+        grads = {
+            "gemm_cols": "im2col GEMM grads",
+            "gemm_cols_nhwc": "im2col GEMM grads via NHWC",
+            "gemm_phase": "phase GEMM grads",
+            "convs": "conv grads",
+            "elementwise": "elementwise grads",
+        }
+        g = grads[self.input_grad]
+        if self.weight_grad != self.input_grad:
+            g = f"{g} / {grads[self.weight_grad]}"
+        return f"{fwd}, {g}"
 
 
 @dataclasses.dataclass(frozen=True)
-class DimGroup:
-    """Phases of one dimension computed by one convolution: window at ``lo``, ``size`` outputs.
+class Plan:
+    """What ``conv_transpose`` runs for one call, and why.
 
-    Member ``i`` reads the convolution's outputs ``[offsets[i], offsets[i] + n_i)``.
+    Attributes:
+      method: what was asked for (``"auto"`` or a formulation's name).
+      formulation: the registered formulation that runs.
+      per_group: a grouped layer runs as ``groups`` ungrouped calls (on a mesh,
+        where XLA's partitioner all-gathers grouped convolutions).
+      kernels: for ``"phase"``, its :class:`PhaseKernels`; else ``None``.
+      backend: the backend planned for.
+      on_mesh: whether the arrays sit on a mesh of several devices.
+      reason: one sentence on why.
     """
 
-    members: tuple[DimPhase, ...]
-    lo: int
-    size: int
+    method: str
+    formulation: str
+    per_group: bool
+    kernels: PhaseKernels | None
+    backend: str
+    on_mesh: bool
+    reason: str
 
     @property
-    def n_taps(self) -> int:
-        return len(self.members[0].taps)
-
-    @property
-    def dil(self) -> int:
-        return self.members[0].dil
-
-    def offset(self, m: DimPhase) -> int:
-        return self.lo - m.lo
-
-    def pad(self, in_size: int) -> tuple[int, int]:
-        """Low and high padding of an ``in_size`` input for the convolution's window."""
-        return self.lo, self.size + (self.n_taps - 1) * self.dil - in_size - self.lo
+    def label(self) -> str:
+        """A short description: ``"phase: GEMM+col2im, im2col GEMM grads"``."""
+        text = self.formulation
+        if self.per_group:
+            text = f"per_group({text})"
+        if self.kernels is not None:
+            text = f"{text}: {self.kernels.label}"
+        return text
 
 
-def _dim_phases(
-    in_size: int, k: int, s: int, d: int, crop_lo: int, out: int
-) -> tuple[DimPhase, ...]:
-    g = math.gcd(d, s)
-    phases = []
-    for p in range(min(s, out)):
-        n = -(-(out - p) // s)
-        r, base = (p + crop_lo) % s, (p + crop_lo) // s
-        taps = [j for j in range(k) if (j * d) % s == r]
-        if not taps:
-            phases.append(DimPhase(p, n, (), d // g, 0))
-            continue
-        t = len(taps)
-        m0 = (taps[0] * d - r) // s
-        lo = m0 + (t - 1) * (d // g) - base
-        phases.append(DimPhase(p, n, tuple(reversed(taps)), d // g, lo))
-    return tuple(phases)
+def on_several_devices(*arrays) -> bool:
+    """Whether the arrays (concrete or traced) are placed on a mesh of several devices."""
+    try:
+        if jax.sharding.get_abstract_mesh().size > 1:
+            return True
+    except (AttributeError, ValueError):
+        pass
+    for a in arrays:
+        mesh = getattr(getattr(jax.typeof(a), "sharding", None), "mesh", None)
+        if mesh is not None and getattr(mesh, "size", 1) > 1:
+            return True
+        sharding = getattr(a, "sharding", None)  # a concrete array
+        if sharding is not None and len(getattr(sharding, "device_set", ())) > 1:
+            return True
+    return False
 
 
-def _dim_groups(phases: tuple[DimPhase, ...], merge_waste: float) -> tuple[DimGroup, ...]:
-    by_taps: dict[int, list[DimPhase]] = {}
-    for ph in phases:
-        if ph.taps:
-            by_taps.setdefault(len(ph.taps), []).append(ph)
-    groups = []
-    for members in by_taps.values():
-        lo = max(m.lo for m in members)
-        size = max(m.n + lo - m.lo for m in members)
-        useful = sum(m.n for m in members)
-        if size * len(members) <= (1 + merge_waste) * useful:
-            groups.append(DimGroup(tuple(members), lo, size))
-            continue
-        # Too wasteful: merge only phases with the same window position (free).
-        by_lo: dict[int, list[DimPhase]] = {}
-        for m in members:
-            by_lo.setdefault(m.lo, []).append(m)
-        for lo, same in by_lo.items():
-            groups.append(DimGroup(tuple(same), lo, max(m.n for m in same)))
-    return tuple(groups)
-
-
-@dataclasses.dataclass(frozen=True)
-class PhasePlan:
-    """Per-dimension phases and the convolutions (products of per-dimension groups)."""
-
-    phases: tuple[tuple[DimPhase, ...], ...]
-    groups: tuple[tuple[DimGroup, ...], ...]
-
-    def convolutions(self):
-        """Per convolution: its group in every dimension and its member phases."""
-        for combo in itertools.product(*self.groups):
-            yield combo, list(itertools.product(*(grp.members for grp in combo)))
-
-
-@functools.lru_cache(maxsize=512)
-def phase_plan(spec: ConvTransposeSpec, merge_waste: float = MERGE_WASTE) -> PhasePlan:
-    """The phase decomposition of ``spec``, computed from its fields."""
-    phases = tuple(
-        _dim_phases(i, k, s, d, lo, o)
-        for i, k, s, d, (lo, _), o in zip(
-            spec.input_size,
-            spec.kernel_size,
-            spec.stride,
-            spec.dilation,
-            spec.crop,
-            spec.output_size,
-        )
+def elementwise(spec: ConvTransposeSpec) -> bool:
+    """Depthwise-like: one input channel per group and few outputs per group."""
+    return (
+        spec.groups > 1
+        and spec.in_channels == spec.groups
+        and spec.out_channels // spec.groups <= ELEMENTWISE_MAX_OUT_PER_GROUP
     )
-    return PhasePlan(phases, tuple(_dim_groups(p, merge_waste) for p in phases))
+
+
+STRATEGIES = ("cols", "phase", "convs")
+
+
+@functools.lru_cache(maxsize=4096)
+def phase_kernels(
+    spec: ConvTransposeSpec,
+    dtype,
+    *,
+    backend: str = "cpu",
+    on_mesh: bool = False,
+    strategy: str | None = None,
+) -> PhaseKernels:
+    """The phase primitives' kernels for ``spec`` on ``backend``.
+
+    On one CPU device the cost model (:func:`jaxdeconv._cost.cpu_strategy`) picks
+    one of :data:`STRATEGIES`; ``strategy`` overrides it (a GEMM strategy where
+    the GEMM lowering cannot serve ``spec`` is a ``ValueError``). Elsewhere the
+    convolutions (``"convs"``).
+    """
+    dtype = np.dtype(dtype)
+    if strategy is not None and strategy not in STRATEGIES:
+        raise ValueError(f"strategy={strategy!r} is not one of {STRATEGIES}")
+    local_cpu = backend == "cpu" and not on_mesh
+    if strategy in ("cols", "phase") and not (local_cpu and _cost.gemm_applies(spec, dtype)):
+        raise ValueError(
+            f"strategy={strategy!r} needs the GEMM lowering: one CPU device, groups=1 and "
+            f"buffers under {_cost.MAX_COLS_BYTES} bytes; got groups={spec.groups}, "
+            f"backend={backend!r}, on_mesh={on_mesh}"
+        )
+    chosen = strategy or (_cost.cpu_strategy(spec, dtype) if local_cpu else "convs")
+    if chosen == "phase":
+        return PhaseKernels("gemm", "phase_convs", "gemm_phase", "gemm_phase")
+    if chosen == "cols":
+        grads = "gemm_cols_nhwc" if _cost.cols_grads_via_nhwc(spec, dtype) else "gemm_cols"
+        return PhaseKernels("gemm", "gemm_cols", grads, grads)
+    ew = elementwise(spec)
+    return PhaseKernels(
+        "conv",
+        "elementwise" if ew else "phase_convs",
+        "elementwise" if ew else "convs",
+        "elementwise" if ew else "convs",
+        fold_leading=not on_mesh,
+        backend=backend,
+        on_mesh=on_mesh,
+    )
+
+
+@functools.lru_cache(maxsize=4096)
+def make_plan(
+    spec: ConvTransposeSpec,
+    dtype,
+    method: str = "auto",
+    *,
+    backend: str | None = None,
+    on_mesh: bool = False,
+) -> Plan:
+    """The plan for one call (see the module docstring).
+
+    Args:
+      spec: the operation.
+      dtype: the computation dtype (the promoted input/weight dtype).
+      method: ``"auto"``, a registered formulation's name, or ``"per_group"``
+        (``"lhs_dilated"`` group by group).
+      backend: ``jax.default_backend()`` when ``None``.
+      on_mesh: whether the arrays sit on several devices (or the call must
+        partition with halo exchanges only, as :mod:`jaxdeconv.sharding` asks).
+    """
+    backend = backend or jax.default_backend()
+    dtype = np.dtype(dtype)
+    if method == "auto":
+        if on_mesh:
+            name = "lhs_dilated"
+            reason = "on a mesh: the one convolution XLA's partitioner splits with halos only"
+        elif backend == "cpu":
+            name = "phase"
+            reason = "on CPU: zero-free phase decomposition with its own gradient kernels"
+        else:
+            name = "lhs_dilated"
+            reason = f"on {backend}: the form XLA hands to cuDNN's backward-data kernel"
+    elif method == "per_group":
+        name, reason = "lhs_dilated", "asked for groups one by one"
+    else:
+        name, reason = method, "asked for"
+    per_group = spec.groups > 1 and (on_mesh or method == "per_group")
+    if per_group:
+        reason += "; groups run one by one (XLA all-gathers grouped convolutions on a mesh)"
+    kernels = None
+    if name == "phase" and not per_group:
+        kernels = phase_kernels(spec, dtype, backend=backend, on_mesh=on_mesh)
+    return Plan(method, name, per_group, kernels, backend, on_mesh, reason)

@@ -14,7 +14,7 @@ import jax
 from jax.typing import ArrayLike
 
 from . import _layers
-from ._shapes import IntOrSeq, PaddingLike
+from ._spec import IntOrSeq, PaddingLike
 
 __all__ = ["ConvTranspose"]
 

@@ -13,7 +13,7 @@ from flax import nnx
 from jax.typing import ArrayLike
 
 from . import _layers
-from ._shapes import IntOrSeq, PaddingLike
+from ._spec import IntOrSeq, PaddingLike
 
 __all__ = ["ConvTranspose"]
 

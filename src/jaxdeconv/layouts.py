@@ -50,7 +50,7 @@ import jax
 import jax.numpy as jnp
 from jax.typing import ArrayLike
 
-from ._shapes import _as_int
+from ._spec import _as_int
 
 __all__ = [
     "equinox_to_torch",

@@ -52,7 +52,6 @@ Examples:
 from __future__ import annotations
 
 import dataclasses
-import functools
 import re
 from collections.abc import Callable, Sequence
 
@@ -63,10 +62,10 @@ from jax import lax
 from jax.sharding import Mesh, PartitionSpec
 from jax.typing import ArrayLike
 
-from . import _formulations
-from ._api import add_bias
-from ._api import conv_transpose as _conv_transpose
-from ._shapes import ConvTransposeSpec, IntOrSeq, PaddingLike, make_spec
+from . import _api
+from ._layout import add_bias
+from ._spec import ConvTransposeSpec, IntOrSeq, PaddingLike
+from .formulations.per_group import per_group
 
 __all__ = [
     "COLLECTIVES",
@@ -129,133 +128,19 @@ def collectives(fn_or_hlo: Callable[..., object] | str, *args, **kwargs) -> dict
     return counts
 
 
-_UNROLL_GROUPS = 8  # more groups run under lax.map: one convolution in the program
+def conv_transpose(*args, **kwargs) -> jax.Array:
+    """:func:`jaxdeconv.conv_transpose` planned for a mesh: halo exchanges only.
 
-
-def _group_axes(spec: ConvTransposeSpec) -> tuple[int, int]:
-    """Channel axis of the activation and the C_in axis of the weight."""
-    if spec.channels_last:
-        return spec.ndim + 1, spec.ndim
-    return 1, 0
-
-
-def per_group(
-    x: jax.Array,
-    w: jax.Array,
-    spec: ConvTransposeSpec,
-    *,
-    precision: jax.lax.PrecisionLike = None,
-    preferred_element_type: jax.typing.DTypeLike | None = None,
-    base: str = "lhs_dilated",
-) -> jax.Array:
-    """A grouped transposed convolution as ``groups`` ungrouped ones.
-
-    Has the signature of the registered formulations (batched ``x`` and ``w``
-    in ``spec``'s layout, bias excluded). Each group runs formulation ``base`` with
-    ``groups == 1`` on its slice of the channels, so the program holds no convolution with
-    ``feature_group_count > 1``: XLA's SPMD partitioner then splits it by batch
-    or space with halo exchanges only, where one grouped convolution would be
-    all-gathered. Up to 8 groups are unrolled (and a weight sharded over its
-    ``C_out / groups`` axis then stays sharded); more run one after another
-    under :func:`jax.lax.map`, which keeps the program small. The price on one
-    device is a loop over groups instead of one grouped kernel.
+    Same arguments, numbers and layouts as :func:`jaxdeconv.conv_transpose`; use
+    it under :func:`jax.jit` on arrays placed on a mesh. It plans every call as
+    if its arrays sat on several devices (:func:`jaxdeconv.plan` with
+    ``on_mesh=True``), whatever the placement JAX lets it see: ``"auto"`` takes
+    ``"lhs_dilated"``, every formulation runs grouped layers group by group
+    (:func:`per_group`), and ``"phase"`` takes its convolution lowering without
+    folding 3-d layers into 2-d ones.
 
     Args:
-      x: ``[N, C_in, *spatial]`` (channels-last ``[N, *spatial, C_in]``).
-      w: ``[C_in, C_out / groups, *kernel]`` (channels-last
-        ``[*kernel, C_in, C_out / groups]``).
-      spec: the operation, from :func:`jaxdeconv.make_spec`.
-      precision, preferred_element_type: passed to the base formulation.
-      base: the formulation each group runs, a key of
-        :data:`jaxdeconv.FORMULATIONS`.
-
-    Returns:
-      The transposed convolution in ``spec``'s layout, equal to any registered
-      formulation's.
-
-    Raises:
-      ValueError: if ``base`` is not a registered formulation.
-
-    Examples:
-      >>> import jax.numpy as jnp
-      >>> import jaxdeconv
-      >>> x, w = jnp.ones((1, 4, 5)), jnp.ones((4, 3, 3))
-      >>> spec = jaxdeconv.make_spec(x.shape, w.shape, stride=2, groups=2)
-      >>> bool(jnp.allclose(per_group(x, w, spec), jaxdeconv.conv_transpose(x, w, stride=2,
-      ...                                                                  groups=2)))
-      True
-    """
-    if base not in _formulations.FORMULATIONS:
-        raise ValueError(f"base={base!r} is not one of {tuple(_formulations.FORMULATIONS)}")
-    fn = functools.partial(
-        _formulations.FORMULATIONS[base],
-        precision=precision,
-        preferred_element_type=preferred_element_type,
-    )
-    g = spec.groups
-    if g == 1:
-        return fn(x, w, spec)
-    cig, cog = spec.in_channels // g, spec.out_channels // g
-    sub = dataclasses.replace(spec, in_channels=cig, out_channels=cog, groups=1)
-    x_axis, w_axis = _group_axes(spec)
-    if g <= _UNROLL_GROUPS:
-        # Unrolled, the partitioner keeps output channels sharded when the weight is.
-        xs = jnp.split(x, g, axis=x_axis)
-        ws = jnp.split(w, g, axis=w_axis)
-        return jnp.concatenate([fn(a, b, sub) for a, b in zip(xs, ws)], axis=x_axis)
-    # [..., C_in, ...] -> [g, ..., C_in/g, ...]: the group index leads.
-    xg = jnp.moveaxis(x.reshape(*x.shape[:x_axis], g, cig, *x.shape[x_axis + 1 :]), x_axis, 0)
-    wg = jnp.moveaxis(w.reshape(*w.shape[:w_axis], g, cig, *w.shape[w_axis + 1 :]), w_axis, 0)
-    y = lax.map(lambda xw: fn(xw[0], xw[1], sub), (xg, wg))  # [g, ..., C_out/g, ...]
-    y = jnp.moveaxis(y, 0, x_axis)
-    return y.reshape(*y.shape[:x_axis], g * cog, *y.shape[x_axis + 2 :])
-
-
-METHODS = tuple(dict.fromkeys(("auto", *_formulations.FORMULATIONS, "per_group")))
-
-
-def _batched_spec(
-    x: jax.Array, w: jax.Array, stride, padding, output_padding, groups, dilation, **kw
-) -> tuple[jax.Array, bool, ConvTransposeSpec]:
-    unbatched = x.ndim == w.ndim - 1
-    if unbatched:
-        x = x[None]
-    spec = make_spec(x.shape, w.shape, stride, padding, output_padding, groups, dilation, **kw)
-    return x, unbatched, spec
-
-
-def conv_transpose(
-    input: ArrayLike,
-    weight: ArrayLike,
-    bias: ArrayLike | None = None,
-    stride: IntOrSeq = 1,
-    padding: PaddingLike = 0,
-    output_padding: IntOrSeq = 0,
-    groups: int = 1,
-    dilation: IntOrSeq = 1,
-    *,
-    output_size: Sequence[int] | int | None = None,
-    method: str = "auto",
-    channels_last: bool = False,
-    precision: jax.lax.PrecisionLike = None,
-    preferred_element_type: jax.typing.DTypeLike | None = None,
-) -> jax.Array:
-    """:func:`jaxdeconv.conv_transpose` whose ``"auto"`` partitions with halos only.
-
-    Same arguments, numbers and layouts as :func:`jaxdeconv.conv_transpose`;
-    use it under :func:`jax.jit` on arrays placed on a mesh. ``method="auto"``
-    picks the single-device choice when it is in :data:`HALO_SAFE`, else
-    ``"lhs_dilated"``, and for ``groups > 1`` :func:`per_group` on top of that
-    choice. ``method`` also accepts ``"per_group"`` and every registered
-    formulation.
-
-    Args:
-      input, weight, bias, stride, padding, output_padding, groups, dilation:
-        as in :func:`jaxdeconv.conv_transpose`.
-      output_size, channels_last, precision, preferred_element_type: as in
-        :func:`jaxdeconv.conv_transpose`.
-      method: ``"auto"``, ``"per_group"`` or a key of
-        :data:`jaxdeconv.FORMULATIONS`.
+      *args, **kwargs: as for :func:`jaxdeconv.conv_transpose`.
 
     Returns:
       ``[N, C_out, *out]`` (or the unbatched / channels-last form), as
@@ -263,7 +148,7 @@ def conv_transpose(
 
     Raises:
       ValueError, TypeError: for the arguments :func:`jaxdeconv.conv_transpose`
-        rejects, and for an unknown ``method``.
+        rejects.
 
     Examples:
       >>> import jax, jax.numpy as jnp
@@ -272,32 +157,7 @@ def conv_transpose(
       >>> y.shape
       (2, 4, 13)
     """
-    if not isinstance(method, str) or method not in METHODS:
-        raise ValueError(f"method={method!r} is not one of {METHODS}")
-    args = (stride, padding, output_padding, groups, dilation)
-    kw = dict(output_size=output_size, channels_last=channels_last)
-    jax_kw = dict(precision=precision, preferred_element_type=preferred_element_type)
-    # Validate every argument exactly as the single-device API does.
-    jax.eval_shape(
-        lambda x, w, b: _conv_transpose(x, w, b, *args, method="lhs_dilated", **kw, **jax_kw),
-        input,
-        weight,
-        bias,
-    )
-    x, w = jnp.asarray(input), jnp.asarray(weight)
-    x, unbatched, spec = _batched_spec(x, w, *args, **kw)
-    if method == "auto":
-        base = _formulations.choose(spec)
-        base = base if base in HALO_SAFE else "lhs_dilated"
-        method = "per_group" if spec.groups > 1 else base
-    else:
-        base = "lhs_dilated"
-    if method != "per_group":
-        return _conv_transpose(input, weight, bias, *args, method=method, **kw, **jax_kw)
-    dtype = jnp.result_type(x.dtype, w.dtype)
-    y = per_group(x.astype(dtype), w.astype(dtype), spec, base=base, **jax_kw)
-    y = add_bias(y, bias, spec)
-    return y[0] if unbatched else y
+    return _api.conv_transpose_on(*args, on_mesh=True, **kwargs)
 
 
 def _spatial_axes(spatial_axes, ndim: int) -> tuple[str | None, ...]:
@@ -416,21 +276,24 @@ def conv_transpose_spatial(
     """
     if not isinstance(mesh, Mesh):
         raise TypeError(f"mesh must be a jax.sharding.Mesh, got {mesh!r}")
-    if not isinstance(method, str) or method not in METHODS:
-        raise ValueError(f"method={method!r} is not one of {METHODS}")
-    args = (stride, padding, output_padding, groups, dilation)
-    kw = dict(output_size=output_size, channels_last=channels_last)
-    jax_kw = dict(precision=precision, preferred_element_type=preferred_element_type)
-    jax.eval_shape(
-        lambda x, w, b: _conv_transpose(x, w, b, *args, method="lhs_dilated", **kw, **jax_kw),
+    method = _api._check_method(method)
+    x, w, b, spec, unbatched, precision, preferred_element_type = _api._prepare(
         input,
         weight,
         bias,
+        stride,
+        padding,
+        output_padding,
+        groups,
+        dilation,
+        output_size=output_size,
+        channels_last=channels_last,
+        precision=precision,
+        preferred_element_type=preferred_element_type,
     )
-    x, w = jnp.asarray(input), jnp.asarray(weight)
     dtype = jnp.result_type(x.dtype, w.dtype)
-    x, w = x.astype(dtype), w.astype(dtype)
-    x, unbatched, spec = _batched_spec(x, w, *args, **kw)
+    x = (x[None] if unbatched else x).astype(dtype)
+    w = w.astype(dtype)
     names = _spatial_axes(spatial_axes, spec.ndim)
     for name in (*names, batch_axis):
         if name is not None and name not in mesh.shape:
@@ -444,7 +307,7 @@ def conv_transpose_spatial(
             f"devices of batch_axis={batch_axis!r}"
         )
     local_in, local_out, crop = list(spec.input_size), list(spec.output_size), list(spec.crop)
-    plan = []  # (dim, mesh axis, devices, left halo, right halo)
+    halos = []  # (dim, mesh axis, devices, left halo, right halo)
     for d, name in enumerate(names):
         if name is None:
             continue
@@ -468,7 +331,7 @@ def conv_transpose_spatial(
                 f"neighbour but a block holds only {block} ({n_in} pixels over the {size} "
                 f"devices of mesh axis {name!r}); use fewer devices or larger inputs"
             )
-        plan.append((d, name, size, left, right))
+        halos.append((d, name, size, left, right))
         local_in[d] = block + left + right
         local_out[d] = block * s
         lo = spec.crop[d][0] + left * s
@@ -483,16 +346,22 @@ def conv_transpose_spatial(
         output_size=tuple(local_out),
         crop=tuple(crop),
     )
-    if method == "auto":
-        method = _formulations.choose(local)
+    # Each block is one device's own computation (no partitioner involved), so it
+    # is planned as such.
+    chosen = _api._plan_for(method, local, dtype, on_mesh=False)
     spatial_offset = 1 if channels_last else 2
 
     def block_fn(xb, wb):
-        for d, name, size, left, right in plan:
+        for d, name, size, left, right in halos:
             xb = _halo_exchange(xb, spatial_offset + d, name, size, left, right)
-        if method == "per_group":
-            return per_group(xb, wb, local, **jax_kw)
-        return _formulations.FORMULATIONS[method](xb, wb, local, **jax_kw)
+        return _api.run(
+            chosen,
+            xb,
+            wb,
+            local,
+            precision=precision,
+            preferred_element_type=preferred_element_type,
+        )
 
     act = (batch_axis, *names, None) if channels_last else (batch_axis, None, *names)
     # check_vma=False: the "vjp" formulation builds its transpose from a plain
@@ -507,5 +376,5 @@ def conv_transpose_spatial(
         in_specs=(PartitionSpec(*act), PartitionSpec()),
         out_specs=PartitionSpec(*act),
     )(x, w)
-    y = add_bias(y, bias, spec)
+    y = add_bias(y, b, spec)
     return y[0] if unbatched else y

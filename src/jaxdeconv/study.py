@@ -58,8 +58,7 @@ from jax import lax
 from jax.typing import ArrayLike
 
 from ._api import conv_transpose
-from ._formulations import FORMULATIONS
-from ._shapes import (
+from ._spec import (
     ConvTransposeSpec,
     IntOrSeq,
     PaddingLike,
@@ -69,6 +68,7 @@ from ._shapes import (
     output_padding_for_size,
     resolve_padding,
 )
+from .formulations import FORMULATIONS
 
 __all__ = [
     "SEED_INPUT",

@@ -60,9 +60,9 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from ._formulations import FORMULATIONS
 from ._reference import numpy_conv_transpose
-from ._shapes import ConvTransposeSpec
+from ._spec import ConvTransposeSpec
+from .formulations import FORMULATIONS
 
 __all__ = [
     "TOLERANCES",

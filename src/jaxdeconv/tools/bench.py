@@ -31,11 +31,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .._api import conv_transpose
-from .._formulations import FORMULATIONS, choose, flipped_kernel
-from .._phase import lowering_label
+from .._api import conv_transpose, plan
+from .._layout import flipped_kernel
 from .._reference import numpy_conv_transpose
-from .._shapes import ConvTransposeSpec, make_spec
+from .._spec import ConvTransposeSpec, make_spec
+from ..formulations import FORMULATIONS
 
 __all__ = ["LAYERS", "Layer", "main", "run"]
 
@@ -286,7 +286,12 @@ def _bench_layer(layer, opts, broken, log) -> dict[str, Any]:
         ref_g = jax.grad(
             lambda x, w: jnp.sum(conv_transpose(x, w, method="vjp", **layer.kwargs) ** 2), (0, 1)
         )(xj, wj)
-    auto = choose(spec)
+    chosen = plan(
+        jax.ShapeDtypeStruct(spec.input_shape, np.float32),
+        jax.ShapeDtypeStruct(spec.weight_shape, np.float32),
+        **layer.kwargs,
+    )
+    auto = chosen.formulation
     impls: list[tuple[str, Callable, Callable, Callable]] = []  # name, prep, f, post
     ident = lambda y: y  # noqa: E731
     pair = lambda x, w: (x, w)  # noqa: E731
@@ -385,7 +390,7 @@ def _bench_layer(layer, opts, broken, log) -> dict[str, Any]:
         layer=dataclasses.asdict(layer),
         flops=spec.flops,
         auto=auto,
-        lowering=lowering_label(spec) if auto == "phase" else None,
+        lowering=chosen.label,
         results=results,
     )
 
@@ -487,9 +492,7 @@ def markdown(data: dict[str, Any]) -> str:
                     )
                 else:
                     cells.append(f"{r['median_ms']:.1f}")
-            picks = layer["auto"]
-            if layer.get("lowering"):
-                picks += f": {layer['lowering']}"
+            picks = layer.get("lowering") or layer["auto"]
             lines.append(f"| {layer['what']} | {picks} | " + " | ".join(cells) + " |")
         lines.append("")
     s = data["summary"]

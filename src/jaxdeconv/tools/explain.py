@@ -22,7 +22,7 @@ import numpy as np
 
 from .. import study
 from .._api import conv_transpose
-from .._formulations import FORMULATIONS
+from ..formulations import FORMULATIONS
 
 __all__ = ["explain", "main"]
 

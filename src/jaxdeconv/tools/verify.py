@@ -24,8 +24,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from .._api import conv_transpose
-from .._formulations import FORMULATIONS
 from .._reference import numpy_conv_transpose
+from ..formulations import FORMULATIONS
 
 __all__ = ["Case", "grid", "main", "run_case"]
 
@@ -173,7 +173,7 @@ def _sweep_cases() -> list[Case]:
         op = max(s, d) - 1 if (k + s + p) % 2 else 0
         size = (3 + k % 2, 4)
         try:
-            from .._shapes import make_spec
+            from .._spec import make_spec
 
             make_spec((1, 2 * g, *size), (2 * g, 2, k, k), s, p, op, g, d)
         except ValueError:
@@ -280,7 +280,7 @@ def _gradient_references(case: Case, x, w, b, xl, wl):
     the case).
     """
     from .. import testing
-    from .._shapes import make_spec, output_padding_for_size
+    from .._spec import make_spec, output_padding_for_size
 
     rng = np.random.default_rng(zlib.crc32(case.name.encode()) + 1)
     batched = (lambda a: a) if not case.unbatched else (lambda a: a[None])

@@ -1,8 +1,8 @@
 """GEMM lowerings of the zero-free transposed convolution (one group, either layout).
 
-The phase primitives (:mod:`jaxdeconv._phase`) lower here on a single device when
-:func:`applies` says so. Every product below is a plain matrix product of useful
-numbers; no inserted zero is multiplied. Two strategies, chosen by :func:`strategy`:
+The phase primitives (:mod:`.primitives`) lower here on one CPU device when the plan
+(:mod:`jaxdeconv._plan`) says so. Every product below is a plain matrix product of
+useful numbers; no inserted zero is multiplied. Two strategies:
 
 ``"cols"`` (torch's own CPU algorithm):
 
@@ -19,7 +19,7 @@ numbers; no inserted zero is multiplied. Two strategies, chosen by :func:`strate
 ``"phase"`` (where every output phase is one dense convolution and ``C_in`` is
 small, so the GEMMs above would have a short inner dimension):
 
-* forward: the phase convolutions of :mod:`jaxdeconv._phase`;
+* forward: the phase convolutions of :mod:`.conv`;
 * gradients: the transposes of those convolutions written as GEMMs. With ``P`` the
   patches of the input (im2col, stride 1) and ``Y`` the phases of the output
   cotangent (space-to-depth), ``dK = Y @ P^T`` and ``dP = K^T @ Y``, whose patches
@@ -29,10 +29,10 @@ Layouts: channels-first activations are handled as ``[C, N, *spatial]`` (a swap 
 the two leading axes, a block copy), which makes every product a row-major GEMM and
 the interleave a pass over contiguous rows. Channels-last activations already are the
 row-major ``X[N * in, C_in]``; there ``G`` is ``[N * in, K * C_out]`` (``C_out``
-contiguous, as in ``g``) and ``dX = G @ W`` has the long axis as its rows. With at
-most 32 input channels, channels-first gradients are computed that way too
-(:func:`_via_channels_last`). XLA:CPU gives products to its fast GEMM (YNNPACK) only
-when the left operand is contracted on its last axis; where a transposed operand is
+contiguous, as in ``g``) and ``dX = G @ W`` has the long axis as its rows. With few
+input channels, channels-first gradients are computed that way too (``nhwc``).
+XLA:CPU gives products to its fast GEMM (YNNPACK) only when the left operand is
+contracted on its last axis; where a transposed operand is
 needed it is materialized behind an optimization barrier (XLA would otherwise fold
 the transpose back into the product).
 """
@@ -41,62 +41,15 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-import math
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from ._plan import phase_plan
-from ._shapes import ConvTransposeSpec
-
-# The im2col'd cotangent G holds prod(kernel) / prod(stride) times the output: above
-# this ratio (e.g. stride 1 with a 3x3 kernel) the strided-convolution and per-tap
-# lowerings, which need no such buffer, are used instead.
-MAX_COLS_RATIO = 8
-# And never more than this many bytes for G or the forward's cols.
-MAX_COLS_BYTES = 1 << 30
-# Up to this C_in the cols strategy's GEMMs (inner dimension C_in) run well under
-# the GEMM's peak and the phase strategy is used where it applies.
-SMALL_C_IN = 128
-
-
-def _cols_bytes(spec: ConvTransposeSpec, dtype) -> int:
-    taps = math.prod(spec.kernel_size)
-    per_tap = spec.batch * math.prod(spec.input_size) * spec.out_channels
-    return per_tap * taps * np.dtype(dtype).itemsize
-
-
-def applies(spec: ConvTransposeSpec, dtype) -> bool:
-    """Whether the GEMM lowerings serve ``spec`` (one group, bounded cols)."""
-    if spec.groups != 1 or spec.batch == 0:
-        return False
-    ratio = math.prod(spec.kernel_size) / math.prod(spec.stride)
-    return ratio <= MAX_COLS_RATIO and _cols_bytes(spec, dtype) <= MAX_COLS_BYTES
-
-
-def strategy(spec: ConvTransposeSpec) -> str:
-    """``"phase"`` or ``"cols"`` (see the module docstring): a measured rule.
-
-    GEMM + col2im runs its forward GEMM with inner dimension ``C_in``; the phase
-    convolutions contract ``C_in`` times the sub-kernel's taps. Measured on a 2-core
-    x86 CPU (the ``jaxdeconv bench`` layers), the phase strategy wins only where all
-    output phases form one dense convolution with several taps per dimension (``k`` a
-    multiple of ``s``, ``k > s``, no dilation, windows aligned; 1-d or 2-d) and ``C_in``
-    is at most 128: DCGAN 64->32 at 64x64, k4 s2 (forward 39 ms against 52 ms,
-    gradients 89 ms against 126 ms) and the VAE layer 128->64 (gradients 36 against
-    43 ms, forward a tie). The cols strategy wins everywhere else: forward 1.15x on
-    DCGAN 512->256, 1.8x on U-Net k2 s2, 1.6x on k3 s2 p1 op1, 1.7x on 3-d k3 s2,
-    1.1x on the k16 s8 vocoder; gradients 1.35x on DCGAN 512->256, 1.2x on the
-    vocoder and the dilated layer, 1.1x on k3 s2 p1 op1.
-    """
-    groups = phase_plan(spec).groups
-    one_conv = all(len(dim) == 1 and dim[0].n_taps > 1 for dim in groups)
-    even = all(k % s == 0 for k, s in zip(spec.kernel_size, spec.stride))
-    if one_conv and even and spec.ndim <= 2 and spec.in_channels <= SMALL_C_IN:
-        return "phase"
-    return "cols"
+from ..._layout import weight_from_torch, weight_to_torch
+from ..._phases import phase_plan
+from ..._spec import ConvTransposeSpec
 
 
 def _acc_dtype(dtype, preferred_element_type):
@@ -120,19 +73,10 @@ def _from_cn(a: jax.Array, spec: ConvTransposeSpec) -> jax.Array:
     return jnp.moveaxis(a, 0, -1) if spec.channels_last else jnp.swapaxes(a, 0, 1)
 
 
-def _w_torch(w: jax.Array, spec: ConvTransposeSpec) -> jax.Array:
-    """The weight in torch's layout ``[C_in, C_out, *k]`` (channels-last: ``[*k, C_in, C_out]``)."""
-    return jnp.moveaxis(w, (-2, -1), (0, 1)) if spec.channels_last else w
-
-
-def _w_from_torch(w: jax.Array, spec: ConvTransposeSpec) -> jax.Array:
-    return jnp.moveaxis(w, (0, 1), (-2, -1)) if spec.channels_last else w
-
-
 def forward(x, w, *, spec, precision, preferred_element_type):
     """GEMM + col2im (see the module docstring), in spec's layout."""
     n = spec.ndim
-    w = _w_torch(w, spec)
+    w = weight_to_torch(w, spec)
     ci, co = spec.in_channels, spec.out_channels
     size, s, d, k = spec.input_size, spec.stride, spec.dilation, spec.kernel_size
     dtype = jnp.result_type(x.dtype, w.dtype)
@@ -299,7 +243,7 @@ def _input_grad_phase(g, w, *, spec, precision, acc):
     """Per convolution ``dP = K^T @ Y``, its patches added back (col2im, stride 1)."""
     ci = spec.in_channels
     gt = _to_cn(g, spec)
-    w = _w_torch(w, spec)
+    w = weight_to_torch(w, spec)
     dx = None
     zero = jnp.zeros((), acc)
     for combo, members in phase_plan(spec).convolutions():
@@ -350,37 +294,29 @@ def _weight_grad_phase(x, g, *, spec, precision, acc):
 # ----------------------------------------------------------------------------- gradients
 
 
-def _via_channels_last(spec: ConvTransposeSpec) -> bool:
-    """Channels-first gradients with very few input channels run in channels-last.
-
-    The channels-first input gradient ``W @ G`` has only ``C_in`` rows, which
-    YNNPACK runs slowly (19 GF/s at 32 rows against 61 GF/s for the transposed
-    product); in channels-last the rows are ``N * in``. Moving the activations
-    costs three transposes; measured on the 3-d k3 s2 layer (``C_in`` = 32) the
-    gradients take 16.5 ms instead of 21 ms, and on layers with 64 or more input
-    channels channels-first stays faster.
-    """
-    return not spec.channels_last and spec.in_channels <= 32 and strategy(spec) == "cols"
-
-
 def _cl_spec(spec: ConvTransposeSpec) -> ConvTransposeSpec:
     return dataclasses.replace(spec, channels_last=True)
 
 
-def input_grad(g, w, *, spec, precision, preferred_element_type):
-    """The input gradient: ``dX = W @ G`` (cols) or the phase GEMMs (phase)."""
-    if _via_channels_last(spec):
+def input_grad(g, w, *, spec, precision, preferred_element_type, strategy, nhwc=False):
+    """The input gradient: ``dX = W @ G`` (``"cols"``) or the phase GEMMs (``"phase"``).
+
+    With ``nhwc`` a channels-first layer is computed channels-last (where ``dX``'s
+    rows are ``N * in`` instead of the few ``C_in``).
+    """
+    if nhwc and not spec.channels_last:
         dx = input_grad(
             jnp.moveaxis(g, 1, -1),
             jnp.moveaxis(w, (0, 1), (-2, -1)),
             spec=_cl_spec(spec),
             precision=precision,
             preferred_element_type=preferred_element_type,
+            strategy=strategy,
         )
         return jnp.moveaxis(dx, -1, 1)
     dtype = jnp.result_type(g.dtype, w.dtype)
     acc = _acc_dtype(dtype, preferred_element_type)
-    if strategy(spec) == "phase":
+    if strategy == "phase":
         dx = _input_grad_phase(g, w, spec=spec, precision=precision, acc=acc)
     elif spec.channels_last:  # dX[N * in, C_in] = G @ W[K * C_out, C_in]
         ci = spec.in_channels
@@ -404,22 +340,23 @@ def input_grad(g, w, *, spec, precision, preferred_element_type):
     return dx.astype(out_dtype(dtype, preferred_element_type))
 
 
-def weight_grad(x, g, *, spec, precision, preferred_element_type):
-    """The weight gradient: ``dW = X @ G^T`` (cols) or the phase GEMMs (phase)."""
-    if _via_channels_last(spec):
+def weight_grad(x, g, *, spec, precision, preferred_element_type, strategy, nhwc=False):
+    """The weight gradient: ``dW = X @ G^T`` (``"cols"``) or the phase GEMMs (``"phase"``)."""
+    if nhwc and not spec.channels_last:
         dw = weight_grad(
             jnp.moveaxis(x, 1, -1),
             jnp.moveaxis(g, 1, -1),
             spec=_cl_spec(spec),
             precision=precision,
             preferred_element_type=preferred_element_type,
+            strategy=strategy,
         )
         return jnp.moveaxis(dw, (-2, -1), (0, 1))
     dtype = jnp.result_type(x.dtype, g.dtype)
     acc = _acc_dtype(dtype, preferred_element_type)
-    if strategy(spec) == "phase":
+    if strategy == "phase":
         dw = _weight_grad_phase(x, g, spec=spec, precision=precision, acc=acc)
-        dw = _w_from_torch(dw, spec)
+        dw = weight_from_torch(dw, spec)
     elif spec.channels_last:  # dW[C_in, K * C_out] = X^T @ G
         ci = spec.in_channels
         dw = lax.dot_general(
