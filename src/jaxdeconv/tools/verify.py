@@ -469,7 +469,7 @@ ABORT = "XLA abort"  # jax.jit of this formulation's gradients aborts XLA
 
 TORCH_HOWTO = (
     "To add the PyTorch comparison: pip install torch==2.13.0 (the CPU wheel), "
-    "then rerun jaxdeconv verify."
+    "then rerun this command."
 )
 
 
