@@ -23,6 +23,9 @@ def test_readme_quickstart_holds_exactly_two_commands_and_ci_runs_the_second():
     assert "pytest" in commands[1]
     ci = (ROOT / ".ci" / "run").read_text()
     assert commands[1] in ci.splitlines()
+    # right beneath them: how to add the PyTorch comparison the first command cannot make
+    beneath = quick.rsplit("```", 1)[1].strip().split("\n\n", 1)[0]
+    assert "pip install torch==2.13.0" in beneath and "rerun" in beneath
 
 
 def _widths_ok(out: str) -> None:
