@@ -253,6 +253,18 @@ def test_figures_without_matplotlib_fails_first_and_gives_the_install_command(
     assert "Traceback" not in err
 
 
+def test_figure_functions_without_matplotlib_say_how_to_install_it(tmp_path, monkeypatch):
+    from jaxdeconv.tools import figures as _figures
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    s = study.steps(np.ones((1, 1, 3, 3)), np.ones((1, 1, 2, 2)))
+    with pytest.raises(ImportError, match=r"pip install 'jaxdeconv\[plot\]'"):
+        _figures.write_figures(s, tmp_path / "figs")
+    assert not (tmp_path / "figs").exists()
+    with pytest.raises(ImportError, match="matplotlib"):
+        _figures.matrix_figure(np.eye(2), tmp_path / "m.png")
+
+
 def _png_text(path) -> dict:
     from PIL import Image
 

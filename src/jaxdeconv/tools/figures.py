@@ -22,7 +22,14 @@ _WINDOW, _PIXEL = "#d62728", "#ffd8b1"
 MAX_ANNOTATED = 24  # cells per side beyond which values are not written in
 
 
+def _require_matplotlib() -> None:
+    from .cli import require
+
+    require("matplotlib", "jaxdeconv's figures")
+
+
 def _figure(ncols: int, width: float, height: float, ratios=None):
+    _require_matplotlib()
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -221,6 +228,7 @@ def matrix_figure(matrix: np.ndarray, path, *, spec=None) -> Path:
       path: the PNG file to write.
       spec: optional, to label the axes with sizes.
     """
+    _require_matplotlib()
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -405,10 +413,12 @@ def write_figures(
 
     Raises:
       ValueError: for 3-D cases.
-      ImportError: without matplotlib.
+      jaxdeconv.tools.cli.MissingDependency: without matplotlib (an ImportError whose
+        message gives the install command), before ``directory`` is created.
     """
     spec = steps.spec
     _check_ndim(spec.ndim)
+    _require_matplotlib()  # before the folder is made
     directory = Path(directory)
     os.makedirs(directory, exist_ok=True)
     pads, ops = _torch_args(spec)
