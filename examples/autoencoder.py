@@ -7,27 +7,33 @@ mirrors it with two PyTorch-style transposed convolutions
 ``output_padding``) whose parameters come from :func:`jaxdeconv.init_conv_transpose`.
 Training uses optax (Adam) on the CPU.
 
-    python examples/autoencoder.py --steps 600 --out reconstructions.png
+    python examples/autoencoder.py --steps 600 --out figs/reconstructions.png
 
 prints a progress display, writes a PNG of held-out digits (top row) and their
-reconstructions (bottom row), and ends with the line ``loss A -> B``: the
-held-out mean squared error before and after training.
+reconstructions (bottom row) to ``--out`` (default: a new temporary folder;
+nothing is written to the current directory unasked), prints its path, and ends
+with the line ``loss A -> B``: the held-out mean squared error before and after
+training. Needs the ``examples`` extra: ``pip install 'jaxdeconv[examples]'``.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import math
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 import jaxdeconv
+
+# import name -> what it is for; all come with `pip install 'jaxdeconv[examples]'`
+NEEDS = {"optax": "training", "sklearn": "the digits", "matplotlib": "the PNG"}
 
 LATENT = 12
 
@@ -131,10 +137,25 @@ def main(argv=None) -> tuple[float, float]:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--lr", type=float, default=3e-3, help="Adam learning rate")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", default="reconstructions.png", help="PNG to write")
+    parser.add_argument(
+        "--out",
+        help="PNG to write (default: reconstructions.png in a new temporary folder)",
+    )
     args = parser.parse_args(argv)
     if args.steps < 1:
         parser.error(f"--steps={args.steps} must be positive")
+    missing = [f"{m} ({why})" for m, why in NEEDS.items() if importlib.util.find_spec(m) is None]
+    if missing:  # before any training
+        parser.exit(
+            1,
+            f"autoencoder.py: error: needs {', '.join(missing)}, not installed: "
+            "pip install 'jaxdeconv[examples]'\n",
+        )
+    import optax
+
+    out = args.out or str(
+        Path(tempfile.mkdtemp(prefix="jaxdeconv-autoencoder-")) / "reconstructions.png"
+    )
 
     train, held_out = load_digits(args.seed)
     params = init_params(jax.random.key(args.seed))
@@ -160,8 +181,8 @@ def main(argv=None) -> tuple[float, float]:
 
     shown = held_out[:10]
     recon = np.asarray(jax.jit(lambda p, x: decode(p, encode(p, x)))(params, shown))
-    save_png(args.out, shown, recon)
-    print(f"wrote {args.out}")
+    save_png(out, shown, recon)
+    print(f"wrote {out}")
     print(f"loss {initial:.4f} -> {final:.4f}")
     return initial, final
 

@@ -168,7 +168,8 @@ def test_large_cases_are_refused_with_a_message(capsys):
         (["--input", "1,2"], "--input"),
         (["--input", "[[1,2],[3]]"], "--input"),
         (["--kernel", "1,2,3"], "--kernel"),
-        (["--ndim", "4"], "--ndim"),
+        (["--num-spatial-dims", "4"], "--num-spatial-dims"),
+        (["--ndim", "4"], "--num-spatial-dims"),  # the earlier name still works
         (["--groups", "2", "--in-channels", "3"], "--in-channels"),
         (["--groups", "0"], "--groups"),
         (["--input-size", "3,3", "--kernel-size", "2,2,2"], "--input-size"),
@@ -207,7 +208,7 @@ def _check_png(path):
     "argv",
     [
         ["--stride", "2", "--padding", "1", "--output-padding", "1"],  # the README's command
-        ["--ndim", "1", "--input-size", "5", "--kernel-size", "3", "--stride", "2"],
+        ["--num-spatial-dims", "1", "--input-size", "5", "--kernel-size", "3", "--stride", "2"],
     ],
 )
 def test_figures_are_written_and_not_empty(tmp_path, capsys, argv):
@@ -239,10 +240,73 @@ def test_figure_functions_directly(tmp_path):
         )
 
 
-def test_figures_without_matplotlib_is_a_message(tmp_path, capsys, monkeypatch):
-    monkeypatch.setitem(sys.modules, "matplotlib.backends.backend_agg", None)  # import fails
-    code, _, err = _run(capsys, "--figures", str(tmp_path))
-    assert code == 1 and "matplotlib" in err
+def test_figures_without_matplotlib_fails_first_and_gives_the_install_command(
+    tmp_path, capsys, monkeypatch
+):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # not installed, as far as Python knows
+    out_dir = tmp_path / "figs"
+    code, out, err = _run(capsys, "--figures", str(out_dir))
+    assert code == 1
+    assert "matplotlib" in err and "pip install 'jaxdeconv[plot]'" in err
+    assert out == ""  # refused before the walk-through
+    assert not out_dir.exists()  # and before making the folder
+    assert "Traceback" not in err
+
+
+def test_figure_functions_without_matplotlib_say_how_to_install_it(tmp_path, monkeypatch):
+    from jaxdeconv.tools import figures as _figures
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    s = study.steps(np.ones((1, 1, 3, 3)), np.ones((1, 1, 2, 2)))
+    with pytest.raises(ImportError, match=r"pip install 'jaxdeconv\[plot\]'"):
+        _figures.write_figures(s, tmp_path / "figs")
+    assert not (tmp_path / "figs").exists()
+    with pytest.raises(ImportError, match="matplotlib"):
+        _figures.matrix_figure(np.eye(2), tmp_path / "m.png")
+
+
+def _png_text(path) -> dict:
+    from PIL import Image
+
+    with Image.open(path) as im:
+        return dict(im.text)
+
+
+def test_figure_captions_titles_and_size(tmp_path, capsys):
+    code, _, err = _run(capsys, "--stride", "2", "--padding", "1", "--figures", str(tmp_path))
+    assert code == 0, err
+    process = _png_text(tmp_path / "process.png")
+    # the dashed "ghost" windows are explained in a legend
+    assert "window of y[" in process["Description"]
+    assert "windows of the next pixels right and below" in process["Description"]
+    # k2 s2: no overlap and no fewer taps at the borders (the title used to claim both)
+    coverage = _png_text(tmp_path / "coverage.png")["Title"]
+    assert coverage.startswith("no overlap: every sub-kernel is 1x1")
+    assert "exactly 1 (input pixel, kernel tap) pair" in coverage and "border" not in coverage
+    # matrix.png: cropped to its content (it was 1676 x 1166 pixels, mostly white)
+    img = mpimg.imread(tmp_path / "matrix.png")
+    assert img.shape[0] * img.shape[1] < 1_300_000
+    assert "Row i of C" in _png_text(tmp_path / "matrix.png")["Description"]
+
+
+@pytest.mark.parametrize(
+    "args, start, borders",
+    [
+        (((4, 4), (3, 3), 2), "uneven overlap: sub-kernels of sizes 1x1, 1x2, 2x1, 2x2", None),
+        (((4, 4), (4, 4), 2, 1), "even overlap: every sub-kernel is 2x2", True),
+        (((4, 4), (2, 2), 2), "no overlap: every sub-kernel is 1x1", False),
+        (((5,), (4,), 2), "even overlap: every sub-kernel is 2", True),
+    ],
+)
+def test_coverage_verdict_reads_the_map(args, start, borders):
+    from jaxdeconv.tools import figures as _figures
+
+    cov = study.coverage(*args)
+    verdict = _figures.coverage_verdict(cov, study.phases(*args))
+    assert verdict.startswith(start), verdict
+    if borders is not None:
+        assert ("fewer near the borders" in verdict) == borders
+        assert (int(cov.min()) < int(cov.max())) == borders
 
 
 def test_registered_in_the_cli(capsys):

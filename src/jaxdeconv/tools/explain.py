@@ -5,7 +5,7 @@ the sizes and arguments given. Prints the input, the zero insertion, the
 padding, the flipped kernel and the output, then the same output computed as
 ``C.T @ x`` and as the VJP of the forward convolution, and the size formula
 with the numbers filled in. ``--figures DIR`` also writes PNG figures
-(needs matplotlib: ``pip install jaxdeconv[plot]``).
+(needs matplotlib: ``pip install 'jaxdeconv[plot]'``).
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ import numpy as np
 from .. import study
 from .._api import conv_transpose
 from ..formulations import FORMULATIONS
+from .cli import HelpFormatter, MissingDependency, plain, require
 
 __all__ = ["explain", "main"]
 
@@ -86,19 +87,21 @@ def _per_dim(name: str, values: tuple[int, ...] | None, ndim: int, default: int)
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="jaxdeconv explain",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=plain(__doc__),
+        formatter_class=HelpFormatter,
         epilog=(
             "examples:\n"
             "  jaxdeconv explain                                  # the seed's example\n"
             "  jaxdeconv explain --stride 2 --padding 1           # the seed's x and w, stride 2\n"
             "  jaxdeconv explain --input-size 4 --kernel-size 3 --stride 2 --seed 1\n"
-            "  jaxdeconv explain --ndim 1 --input 1,2,3 --kernel 1,1,1 --stride 2\n"
+            "  jaxdeconv explain --num-spatial-dims 1 --input 1,2,3 --kernel 1,1,1 --stride 2\n"
             "  jaxdeconv explain --figures figs/                  # also write PNG figures"
         ),
     )
-    p.add_argument("--input-size", help="spatial input size, e.g. 3 or 3,4 (default 3)")
-    p.add_argument("--kernel-size", help="kernel size, e.g. 2 or 2,3 (default 2)")
+    p.add_argument(
+        "--input-size", metavar="SIZE", help="spatial input size, e.g. 3 or 3,4 (default 3)"
+    )
+    p.add_argument("--kernel-size", metavar="SIZE", help="kernel size, e.g. 2 or 2,3 (default 2)")
     p.add_argument("--stride", help="int or one per dimension (default 1)")
     p.add_argument("--padding", help="int, one per dimension, SAME or VALID (default 0)")
     p.add_argument("--output-padding", help="int or one per dimension (default 0)")
@@ -107,20 +110,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--in-channels", type=int, help="C_in (default: groups)")
     p.add_argument("--out-channels", type=int, help="C_out (default: groups)")
     p.add_argument(
-        "--ndim", type=int, help="spatial dimensions, 1-3 (default: from the sizes, else 2)"
+        "--num-spatial-dims",
+        type=int,
+        metavar="N",
+        help="spatial dimensions, 1-3 (default: from the sizes, else 2)",
     )
+    # the earlier name, kept working for scripts that use it
+    p.add_argument("--ndim", type=int, dest="num_spatial_dims", help=argparse.SUPPRESS)
     p.add_argument(
         "--input",
+        metavar="VALUES",
         help="input values: comma-separated (C order, [C_in, *size]) or a nested list",
     )
     p.add_argument(
         "--kernel",
+        metavar="VALUES",
         help="weight values: comma-separated (C order, [C_in, C_out/groups, *k]) or nested",
     )
     p.add_argument(
         "--seed", type=int, help="random integer values from this seed (default 0 when needed)"
     )
-    p.add_argument("--figures", metavar="DIR", help="write PNG figures into DIR (matplotlib)")
+    p.add_argument(
+        "--figures",
+        metavar="DIR",
+        help="also write PNG figures into DIR, created if missing "
+        "(needs matplotlib: pip install 'jaxdeconv[plot]')",
+    )
     return p
 
 
@@ -137,7 +152,7 @@ def _problem(args) -> tuple[np.ndarray, np.ndarray, dict, str]:
     x_given = _values("--input", args.input) if args.input else None
     w_given = _values("--kernel", args.kernel) if args.kernel else None
 
-    ndim = args.ndim
+    ndim = args.num_spatial_dims
     if ndim is None:
         lengths = [len(v) for v in raw.values() if v] + (
             [len(padding)] if not isinstance(padding, str) else []
@@ -148,7 +163,7 @@ def _problem(args) -> tuple[np.ndarray, np.ndarray, dict, str]:
     if ndim is None:
         ndim = 2
     if not 1 <= ndim <= 3:
-        raise _Error(f"--ndim={ndim} must be 1, 2 or 3")
+        raise _Error(f"--num-spatial-dims={ndim} must be 1, 2 or 3")
 
     groups = args.groups
     if groups < 1:
@@ -465,9 +480,11 @@ def explain(x, w, *, stride=1, padding=0, output_padding=0, groups=1, dilation=1
             "al. (2016), whenever kernel % stride != 0."
         )
     else:
+        from .figures import coverage_verdict  # no matplotlib needed for the words
+
+        verdict = coverage_verdict(cov, pv)
         L.append(
-            f"  Even: every one of the {math.prod(spec.stride)} phase(s) uses a sub-kernel of size "
-            f"{_size(sizes[0])}; only the borders get fewer taps (kernel % stride == 0)."
+            f"  {verdict[0].upper()}{verdict[1:]} (all {math.prod(spec.stride)} phase(s) alike)."
         )
     if math.prod(spec.stride) > 1:
         L.append("  Phase of each output pixel (which sub-kernel produces it):")
@@ -515,28 +532,26 @@ def main(argv=None) -> int:
     except SystemExit as e:  # --help, or argparse's own message for a malformed flag
         return int(e.code or 0)
     try:
+        if args.figures:  # before any work, and before the folder is made
+            require("matplotlib", "--figures")
         x, w, kwargs, note = _problem(args)
         if args.figures and x.ndim - 2 > 2:
             raise _Error("--figures draws 1-D and 2-D cases only; this one is 3-D")
         lines, data = explain(x, w, note=note, **kwargs)
+    except MissingDependency as e:
+        print(f"jaxdeconv explain: error: {e}", file=sys.stderr)
+        return 1
     except (ValueError, TypeError) as e:
         print(f"jaxdeconv explain: error: {e}", file=sys.stderr)
         return 2
     print("\n".join(lines))
     if args.figures:
-        try:
-            from . import figures as _figures
+        from . import figures as _figures
 
+        try:
             paths = _figures.write_figures(
                 data["steps"], args.figures, matrix=data["statement"].matrix, title=data["call"]
             )
-        except ImportError as e:
-            print(
-                f"jaxdeconv explain: error: --figures needs matplotlib ({e}); "
-                "pip install 'jaxdeconv[plot]'",
-                file=sys.stderr,
-            )
-            return 1
         except OSError as e:
             print(
                 f"jaxdeconv explain: error: cannot write figures to {args.figures}: {e}",

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import os
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +22,14 @@ _WINDOW, _PIXEL = "#d62728", "#ffd8b1"
 MAX_ANNOTATED = 24  # cells per side beyond which values are not written in
 
 
+def _require_matplotlib() -> None:
+    from .cli import require
+
+    require("matplotlib", "jaxdeconv's figures")
+
+
 def _figure(ncols: int, width: float, height: float, ratios=None):
+    _require_matplotlib()
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -118,7 +126,7 @@ def process_figure(steps: study.Steps, path, *, pixel=None, title=None) -> Path:
     widths = [x.shape[1], padded.shape[1], kern.shape[1], y.shape[1]]
     height = 2.2 if one_d else 3.6
     ratios = [max(wd, 2) for wd in widths]
-    fig, axes = _figure(4, max(10.0, 0.42 * sum(ratios) + 3), height, ratios)
+    fig, axes = _figure(4, max(10.0, 0.42 * sum(ratios) + 3), height + 0.35, ratios)
     vmax = max(np.abs(x).max(), 1e-9)
     _cells(axes[0], x, cmap="Blues", vmin=min(x.min(), 0), vmax=vmax, title="1. input x")
 
@@ -133,11 +141,32 @@ def process_figure(steps: study.Steps, path, *, pixel=None, title=None) -> Path:
         ),
     )
     _box(axes[1], r0, c0, kh, kw, _WINDOW)
-    # ghost windows: where the kernel slides next
-    for dr, dc in ((0, 1), (1, 0)) if not one_d else ((0, 1),):
+    # ghost windows: where the same window lies for the next output pixels
+    steps_shown = ((0, 1), (1, 0)) if not one_d else ((0, 1),)
+    ghosts = 0
+    for dr, dc in steps_shown:
         r, c = r0 + dr, c0 + dc
         if r + kh <= padded.shape[0] and c + kw <= padded.shape[1]:
             _box(axes[1], r, c, kh, kw, _WINDOW, lw=1.0, ls="--")
+            ghosts += 1
+    from matplotlib.lines import Line2D
+
+    where = ", ".join(map(str, pixel))
+    handles = [Line2D([], [], color=_WINDOW, lw=2.5, label=f"window of y[{where}] (red cell in 4)")]
+    if ghosts:
+        nxt = "the next pixel to the right" if one_d else "the next pixels right and below"
+        handles.append(
+            Line2D(
+                [], [], color=_WINDOW, lw=1.0, ls="--", label=f"windows of {nxt}: stride-1 slide"
+            )
+        )
+    fig.legend(
+        handles=handles,
+        loc="outside lower center",
+        ncols=len(handles),
+        fontsize=8,
+        frameon=False,
+    )
 
     flip = "flipped" + (
         ", swapped within groups" if spec.in_channels * spec.out_channels > 1 else ""
@@ -151,7 +180,6 @@ def process_figure(steps: study.Steps, path, *, pixel=None, title=None) -> Path:
     _box(axes[3], r0, c0, 1, 1, _WINDOW)
 
     value = steps.output[(0, 0, *pixel)]
-    where = ", ".join(map(str, pixel))
     channels = f" (summed over {cig} input channels)" if cig > 1 else ""
     fig.suptitle(
         f"{title or 'transposed convolution ' + _args(spec)}:  "
@@ -192,57 +220,110 @@ def _args(spec) -> str:
 def matrix_figure(matrix: np.ndarray, path, *, spec=None) -> Path:
     """``C`` and ``C.T`` as heatmaps (values written in when small enough).
 
+    The two are laid out at their own sizes, top-aligned, with the colour bar
+    under the shorter one, so the image holds little but the matrices.
+
     Args:
       matrix: ``C`` from :func:`jaxdeconv.study.conv_matrix`.
       path: the PNG file to write.
       spec: optional, to label the axes with sizes.
     """
+    _require_matplotlib()
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
     C = np.asarray(matrix, float)
     r, c = C.shape
     vmax = max(np.abs(C).max(), 1e-9)
-    cell = 0.34 if max(r, c) <= MAX_ANNOTATED else max(0.06, 9.0 / max(r, c))
-    fig, axes = _figure(
-        2, max(8.0, cell * (r + c) + 3.0), max(3.2, cell * max(r, c) + 1.6), ratios=[c, r]
-    )
+    cell = 0.3 if max(r, c) <= MAX_ANNOTATED else max(0.02, 7.0 / max(r, c))
+    # Layout in inches, measured from the top left: suptitle, panel titles, the matrices.
+    top = 0.35 + 0.5
+    (w_c, h_c), (w_t, h_t) = (c * cell, r * cell), (r * cell, c * cell)
+    slot_c, slot_t = max(w_c, 3.4), max(w_t, 3.4)  # room for the two-line panel titles
+    x_c = 0.65 + (slot_c - w_c) / 2
+    x_t = 0.65 + slot_c + 0.75 + (slot_t - w_t) / 2
+    width = 0.65 + slot_c + 0.75 + slot_t + 0.25
+    short_x, short_w, short_h = (x_c, w_c, h_c) if h_c <= h_t else (x_t, w_t, h_t)
+    bar_w, bar_h = min(max(short_w, 1.5), 3.0), 0.13
+    bar_x, bar_top = short_x + (short_w - bar_w) / 2, top + short_h + 0.6
+    caption_top = bar_top + bar_h + 0.5
+    height = max(top + max(h_c, h_t) + 0.5, caption_top + 0.9)
+    fig = Figure(figsize=(width, height), dpi=110)
+    FigureCanvasAgg(fig)
+
+    def axes_at(x, y_top, w, h):
+        return fig.add_axes((x / width, 1 - (y_top + h) / height, w / width, h / height))
+
+    ax_c, ax_t = axes_at(x_c, top, w_c, h_c), axes_at(x_t, top, w_t, h_t)
     out_desc = in_desc = ""
     if spec is not None:
         out_desc = f" [{spec.out_channels}, {'x'.join(map(str, spec.output_size))}]"
         in_desc = f" [{spec.in_channels}, {'x'.join(map(str, spec.input_size))}]"
+    common = dict(cmap="RdBu_r", vmin=-vmax, vmax=vmax, fs=8, zeros=False)
     _cells(
-        axes[0],
+        ax_c,
         C,
-        cmap="RdBu_r",
-        vmin=-vmax,
-        vmax=vmax,
-        fs=8,
-        zeros=False,
+        **common,
         title=(
             f"C ({r} x {c}): forward convolution\noutput-shaped{out_desc} -> input-shaped{in_desc}"
         ),
     )
-    axes[0].set_xlabel("output pixel (flattened)", fontsize=8)
-    axes[0].set_ylabel("input pixel (flattened)", fontsize=8)
-    _cells(
-        axes[1],
-        C.T,
-        cmap="RdBu_r",
-        vmin=-vmax,
-        vmax=vmax,
-        fs=8,
-        zeros=False,
-        title=f"C.T ({c} x {r}): the transposed convolution\ny = C.T @ x",
+    ax_c.set_xlabel("output pixel (flattened)", fontsize=8)
+    ax_c.set_ylabel("input pixel (flattened)", fontsize=8)
+    _cells(ax_t, C.T, **common, title=f"C.T ({c} x {r}): the transposed convolution\ny = C.T @ x")
+    ax_t.set_xlabel("input pixel (flattened)", fontsize=8)
+    ax_t.set_ylabel("output pixel (flattened)", fontsize=8)
+    bar = fig.colorbar(
+        ax_t.images[0], cax=axes_at(bar_x, bar_top, bar_w, bar_h), orientation="horizontal"
     )
-    axes[1].set_xlabel("input pixel (flattened)", fontsize=8)
-    axes[1].set_ylabel("output pixel (flattened)", fontsize=8)
-    for ax in axes:
-        ax.set_anchor("N")
-    fig.colorbar(axes[1].images[0], ax=axes, shrink=0.5, label="weight value")
-    fig.suptitle("conv_transpose(x).ravel() == C.T @ x.ravel()", fontsize=10)
+    bar.set_label("weight value (blank: 0)", fontsize=8)
+    bar.ax.tick_params(labelsize=7)
+    caption = (
+        "Row i of C: input pixel i of the forward convolution, a weighted sum of output "
+        "pixels. Column j of C.T is row j of C: output pixel j of the transposed "
+        "convolution gathers input pixels with the same weights."
+    )
+    fig.text(
+        (short_x + short_w / 2) / width,
+        1 - caption_top / height,
+        "\n".join(textwrap.wrap(caption, max(36, int(short_w * 13)))),
+        ha="center",
+        va="top",
+        fontsize=8,
+    )
+    fig.suptitle("conv_transpose(x).ravel() == C.T @ x.ravel()", fontsize=10, y=1 - 0.12 / height)
     return _save(fig, path)
+
+
+def coverage_verdict(cov: np.ndarray, phase_view: study.PhaseView) -> str:
+    """One line on the overlap, read from the coverage map and the phases.
+
+    Uneven when the phases' sub-kernels differ in size (the checkerboard);
+    otherwise even, and "no overlap" when every sub-kernel is a single tap
+    (kernel == stride). Borders are mentioned only when they really get fewer
+    pairs than the inside.
+    """
+    sizes = sorted({phase_view.sizes[p] for p in phase_view.sizes})
+    size_text = ", ".join("x".join(map(str, s)) for s in sizes)
+    if phase_view.uneven:
+        return (
+            f"uneven overlap: sub-kernels of sizes {size_text}, so neighbouring output pixels "
+            "sum different numbers of terms: a checkerboard (kernel % stride != 0)"
+        )
+    cov = np.asarray(cov)
+    most = int(cov.max(initial=0))
+    kind = "no overlap" if math.prod(sizes[0]) == 1 else "even overlap"
+    text = f"{kind}: every sub-kernel is {size_text}, "
+    pairs = "(input pixel, kernel tap) pair" + ("" if most == 1 else "s")
+    if cov.size and int(cov.min()) == most:
+        return text + f"so each output pixel sums exactly {most} {pairs}"
+    return text + f"so each output pixel sums {most} {pairs}, fewer near the borders"
 
 
 def coverage_figure(cov: np.ndarray, phase_view: study.PhaseView, path) -> Path:
     """The coverage map (kernel taps per output pixel) beside the phase map.
+
+    The figure's title is :func:`coverage_verdict`.
 
     Args:
       cov: from :func:`jaxdeconv.study.coverage`.
@@ -262,7 +343,7 @@ def coverage_figure(cov: np.ndarray, phase_view: study.PhaseView, path) -> Path:
         cmap="viridis",
         vmin=0,
         vmax=max(cov2.max(), 1),
-        title="coverage: kernel taps reaching each output pixel",
+        title="coverage: (input pixel, kernel tap) pairs\nsummed into each output pixel",
     )
     _cells(
         axes[1],
@@ -270,22 +351,37 @@ def coverage_figure(cov: np.ndarray, phase_view: study.PhaseView, path) -> Path:
         cmap="tab20" if n_ph > 10 else "tab10",
         vmin=0,
         vmax=19 if n_ph > 10 else 9,
-        title=f"phase (which of the {n_ph} sub-kernels produces it)",
+        title=f"phase: which of the {n_ph} sub-kernel(s)\nproduces each output pixel",
     )
-    sizes = sorted({phase_view.sizes[p] for p in phase_view.sizes})
-    size_text = ", ".join("x".join(map(str, s)) for s in sizes)
-    verdict = (
-        f"uneven overlap: sub-kernels of sizes {size_text} -> checkerboard (kernel % stride != 0)"
-        if phase_view.uneven
-        else f"even overlap: every sub-kernel is {size_text}; only the borders get fewer taps"
-    )
-    fig.suptitle(verdict, fontsize=10)
+    fig.suptitle(coverage_verdict(cov, phase_view), fontsize=10)
     return _save(fig, path)
 
 
+def _texts(fig) -> list[str]:
+    """The figure's title, panel titles and legend entries, in that order."""
+    texts = [fig._suptitle.get_text()] if fig._suptitle is not None else []
+    for ax in fig.axes:
+        texts += [t.get_text() for t in (ax.title, ax._left_title, ax._right_title)]
+        if ax.get_legend() is not None:
+            texts += [t.get_text() for t in ax.get_legend().get_texts()]
+    for legend in fig.legends:
+        texts += [t.get_text() for t in legend.get_texts()]
+    texts += [t.get_text() for t in fig.texts]
+    return [t.replace("\n", " ") for t in texts if t]
+
+
 def _save(fig, path) -> Path:
+    """Write the PNG, cropped to what is drawn; its title and captions go into the
+    PNG's text chunks (``Title``, ``Description``) too, for screen readers and tests."""
     path = Path(path)
-    fig.savefig(path, format="png")
+    texts = _texts(fig)
+    fig.savefig(
+        path,
+        format="png",
+        bbox_inches="tight",
+        pad_inches=0.08,
+        metadata={"Title": texts[0] if texts else "", "Description": "\n".join(texts[1:])},
+    )
     return path
 
 
@@ -317,10 +413,12 @@ def write_figures(
 
     Raises:
       ValueError: for 3-D cases.
-      ImportError: without matplotlib.
+      jaxdeconv.tools.cli.MissingDependency: without matplotlib (an ImportError whose
+        message gives the install command), before ``directory`` is created.
     """
     spec = steps.spec
     _check_ndim(spec.ndim)
+    _require_matplotlib()  # before the folder is made
     directory = Path(directory)
     os.makedirs(directory, exist_ok=True)
     pads, ops = _torch_args(spec)

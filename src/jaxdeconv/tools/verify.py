@@ -15,6 +15,7 @@ import argparse
 import dataclasses
 import itertools
 import sys
+import textwrap
 import time
 import zlib
 from typing import Any
@@ -456,18 +457,101 @@ def check_seed() -> list[dict]:
     return rows
 
 
-def _fmt(e):
-    return "   n/a   " if e is None else f"{e:9.2e}"
+WIDTH = 100  # the report fits this many columns
+
+# What a cell shows when it holds no error; each word means one thing (see LEGEND).
+NO_TORCH = "no torch"  # skipped: torch is not installed
+NO_FORM = "no form"  # not applicable: torch has no form of this case
+JIT_ONLY = "jit only"  # gradients are checked in the jit rows
+VALUES = "values"  # gradients not checked for this configuration (values only)
+OFF = "off"  # gradients not checked: --no-gradients
+ABORT = "XLA abort"  # jax.jit of this formulation's gradients aborts XLA
+
+TORCH_HOWTO = (
+    "To add the PyTorch comparison: pip install torch==2.13.0 (the CPU wheel), "
+    "then rerun this command."
+)
+
+
+def _fmt(e) -> str:
+    return f"{e:9.2e}"
+
+
+def _compact(value) -> str:
+    """A nested list of floats, whole numbers without ``.0``."""
+    a = np.asarray(value, np.float64)
+    if np.all(a == np.round(a)):
+        return str(a.astype(np.int64).tolist())
+    return str(np.round(a, 4).tolist())
+
+
+def _wrap(text: str, indent: str = "  ", width: int = WIDTH) -> list[str]:
+    return textwrap.wrap(
+        text,
+        width,
+        initial_indent=indent,
+        subsequent_indent=indent + "  ",
+        break_on_hyphens=False,
+        break_long_words=False,
+    )
+
+
+def _torch_cell(r, torch_installed: bool) -> str:
+    if r["err_torch"] is not None:
+        return _fmt(r["err_torch"])
+    return NO_TORCH if not torch_installed else NO_FORM
+
+
+def _grad_cells(r, gradients: bool) -> tuple[str, str]:
+    if r["grad_note"]:
+        return ABORT, ABORT
+    if r["err_rev"] is not None:
+        return _fmt(r["err_rev"]), _fmt(r["err_fwd"])
+    if not gradients:
+        return OFF, OFF
+    if not r["jit"]:
+        return JIT_ONLY, JIT_ONLY
+    return VALUES, VALUES
+
+
+def _legend(torch_installed: bool, gradients: bool) -> list[str]:
+    words = [
+        f"{NO_TORCH!r} = skipped, torch is not installed"
+        if not torch_installed
+        else f"{NO_FORM!r} = not applicable, torch has no form of this case "
+        "(string or per-side padding)",
+    ]
+    if gradients:
+        words += [
+            f"{JIT_ONLY!r} = gradients are checked in the jit row",
+            f"{VALUES!r} = gradients not checked for this configuration, values only",
+        ]
+    else:
+        words.append(f"{OFF!r} = gradients not checked (--no-gradients)")
+    return _wrap("Cells without an error: " + "; ".join(words) + ".")
+
+
+def _row(cid: str, r, torch_installed: bool, gradients: bool) -> str:
+    rev, fwd = _grad_cells(r, gradients)
+    return (
+        f"  {cid:<5}{r['method']:<15} {'yes' if r['jit'] else 'no':<4}"
+        f"{_fmt(r['err_numpy']):>9} {_torch_cell(r, torch_installed):>9} "
+        f"{rev:>9} {fwd:>9}  {'ok' if r['ok'] else 'FAIL'}"
+    )
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="jaxdeconv verify", description=__doc__)
+    from .cli import HelpFormatter, plain
+
+    parser = argparse.ArgumentParser(
+        prog="jaxdeconv verify", description=plain(__doc__), formatter_class=HelpFormatter
+    )
     parser.add_argument("--quick", action="store_true", help="a small grid (under a minute)")
     parser.add_argument(
         "--method",
         action="append",
         choices=sorted(FORMULATIONS),
-        help="only these formulations (repeatable)",
+        help="only these formulations (repeatable; default: all)",
     )
     parser.add_argument(
         "--no-gradients",
@@ -480,59 +564,78 @@ def main(argv=None) -> int:
     try:
         import torch
 
-        torch_note = f"torch {torch.__version__}"
+        torch_installed, torch_note = True, f"torch {torch.__version__}"
     except ImportError:
-        torch_note = "torch not installed: NumPy definition only"
+        torch_installed, torch_note = False, "torch not installed"
     print(
         f"jaxdeconv verify: jax {jax.__version__}, backend {jax.default_backend()} "
         f"({jax.devices()[0].device_kind}), {torch_note}"
     )
+    if torch_installed:
+        print("  References: the NumPy definition and PyTorch.")
+    else:
+        print("  References: the NumPy definition only; the PyTorch comparison is skipped.")
+        print("\n".join(_wrap(TORCH_HOWTO)))
     print("\nThe seed's worked example (x 3x3, w 2x2, stride 1):")
     seed_rows = check_seed()
     for r in seed_rows:
-        print(
+        line = (
             f"  padding={r['padding']} {r['method']:<15} {'exact' if r['ok'] else 'WRONG'} "
-            f"{r['value']}"
+            f"{_compact(r['value'])}"
         )
+        print("\n".join(_wrap(line.strip(), indent="  ") if len(line) > WIDTH else [line]))
     cases = grid(args.quick)
     if gradients:
         from ..testing import jit_gradient_failures
 
         jit_gradient_failures(args.method or list(FORMULATIONS))  # one subprocess, cached
+    width = len(str(len(cases)))
+    ids = {case.name: f"c{i:0{width}d}" for i, case in enumerate(cases, 1)}
+    print()
     print(
-        f"\nCross-check, {len(cases)} configurations x {len(args.method or FORMULATIONS)} "
-        f"formulations x (eager, jit); error = max|y - ref| / max(1, max|ref|), "
-        f"tolerance {TOLERANCE['float32']:g}"
+        "\n".join(
+            _wrap(
+                f"Cross-check: {len(cases)} configurations x "
+                f"{len(args.method or FORMULATIONS)} formulations x (eager, jit); "
+                f"error = max|y - ref| / max(1, max|ref|), tolerance {TOLERANCE['float32']:g}.",
+                indent="",
+            )
+        )
     )
     if gradients:
         print(
-            "  grad rev: VJP w.r.t. input, weight and bias; grad fwd: JVP; both under jit, "
-            "against the NumPy definition and torch.autograd (where expressible)"
-            + (f"; --quick: {len(QUICK_GRADIENT_NAMES)} configurations" if args.quick else "")
+            "\n".join(
+                _wrap(
+                    "grad rev: the VJP w.r.t. input, weight and bias; grad fwd: the JVP; both "
+                    "under jit, against the NumPy definition and torch.autograd (where torch "
+                    "can express the case)"
+                    + (
+                        f"; --quick checks them on {len(QUICK_GRADIENT_NAMES)} configurations."
+                        if args.quick
+                        else "; the sweep checks values only."
+                    )
+                )
+            )
         )
-    print(
-        f"  {'configuration':<66} {'method':<15} {'jit':<5} {'vs numpy':>9} {'vs torch':>9} "
-        f"{'grad rev':>9} {'grad fwd':>9}  ok"
+    print("\n".join(_legend(torch_installed, gradients)))
+    header = (
+        f"  {'id':<5}{'method':<15} {'jit':<4}{'vs numpy':>9} {'vs torch':>9} "
+        f"{'grad rev':>9} {'grad fwd':>9}  result"
     )
+    print(header)
     rows = []
     for case in cases:
+        cid = ids[case.name]
         check_grads = gradients and (
             case.name in QUICK_GRADIENT_NAMES if args.quick else not case.name.startswith("sweep")
         )
+        print("\n".join(_wrap(f"{cid} {case.name}: {case.describe()}", indent="")))
         for r in run_case(case, args.method, gradients=check_grads):
+            r["id"] = cid
             rows.append(r)
-            grads = (
-                f"{_fmt(r['err_rev'])} {_fmt(r['err_fwd'])}"
-                if r["jit"] and not r["grad_note"]
-                else ("  XLA abort  XLA abort" if r["grad_note"] else f"{'-':>9} {'-':>9}")
-            )
-            print(
-                f"  {r['case'][:66]:<66} {r['method']:<15} {r['jit']!s:<5} "
-                f"{_fmt(r['err_numpy'])} {_fmt(r['err_torch'])} {grads}  "
-                f"{'ok' if r['ok'] else 'FAIL'}",
-                flush=True,
-            )
-    failed = [r for r in rows if not r["ok"]] + [r for r in seed_rows if not r["ok"]]
+            print(_row(cid, r, torch_installed, gradients), flush=True)
+    failed = [r for r in rows if not r["ok"]]
+    failed_seed = [r for r in seed_rows if not r["ok"]]
     worst = max(
         (e for r in rows for e in (r["err_numpy"], r["err_torch"]) if e is not None),
         default=0.0,
@@ -541,10 +644,10 @@ def main(argv=None) -> int:
     worst_grad = max((max(r["err_rev"], r["err_fwd"]) for r in grad_rows), default=0.0)
     aborted = sorted({r["method"] for r in rows if r["grad_note"]})
     torch_rows = sum(r["err_torch"] is not None for r in rows)
-    print(
-        f"\nSummary: seed {sum(r['ok'] for r in seed_rows)}/{len(seed_rows)} exact; "
-        f"{sum(r['ok'] for r in rows)}/{len(rows)} rows agree ({torch_rows} also against torch), "
-        f"worst error {worst:.2e}; "
+    summary = (
+        f"Summary: seed {sum(r['ok'] for r in seed_rows)}/{len(seed_rows)} exact; "
+        f"{sum(r['ok'] for r in rows)}/{len(rows)} rows agree ({torch_rows} also against "
+        f"torch{'' if torch_installed else ': not installed'}), worst error {worst:.2e}; "
         + (
             f"gradients (reverse and forward mode) checked in {len(grad_rows)} rows, "
             f"worst error {worst_grad:.2e}; "
@@ -553,12 +656,45 @@ def main(argv=None) -> int:
         )
         + f"{time.perf_counter() - start:.1f}s"
     )
+    print()
+    print("\n".join(_wrap(summary, indent="")))
     for method in aborted:
         from ..testing import jit_gradient_failure
 
-        print(f"FAIL {method}: jax.jit of its gradients aborts XLA: {jit_gradient_failure(method)}")
-    if failed:
-        print(f"FAILED: {len(failed)} disagreement(s)")
+        print(
+            "\n".join(
+                _wrap(
+                    f"FAIL {method}: jax.jit of its gradients aborts XLA: "
+                    f"{jit_gradient_failure(method)}",
+                    indent="",
+                )
+            )
+        )
+    if not torch_installed:
+        print(
+            "\n".join(
+                _wrap(
+                    "PyTorch comparison skipped: torch is not installed. " + TORCH_HOWTO, indent=""
+                )
+            )
+        )
+    if failed or failed_seed:
+        print(f"\nFAILED: {len(failed) + len(failed_seed)} disagreement(s):")
+        for r in failed_seed:
+            want = _compact(SEED_RESULTS[r["padding"]])
+            got = _compact(r["value"])
+            text = f"seed padding={r['padding']} {r['method']}: got {got}, want {want}"
+            print("\n".join(_wrap(text)))
+        for r in failed:
+            case = next(c for c in cases if ids[c.name] == r["id"])
+            rev, fwd = _grad_cells(r, gradients)
+            text = (
+                f"{r['id']} {case.name} ({case.describe()}), method={r['method']}, "
+                f"{'jit' if r['jit'] else 'eager'}: vs numpy {_fmt(r['err_numpy']).strip()}, "
+                f"vs torch {_torch_cell(r, torch_installed).strip()}, "
+                f"grad rev {rev.strip()}, grad fwd {fwd.strip()}"
+            )
+            print("\n".join(_wrap(text)))
         return 1
     print("OK: every formulation agrees")
     return 0
