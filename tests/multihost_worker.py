@@ -43,7 +43,7 @@ assert NPROC > 1 and len(jax.devices()) == NPROC * LOCAL, jax.devices()
 
 def pattern(shape, index=None, seed=0.0):
     """Values of a global array at ``index`` (slices), computed without the rest of it."""
-    index = index or (slice(None),) * len(shape)
+    index = tuple(index or ()) + (slice(None),) * (len(shape) - len(index or ()))
     axes = [np.arange(n)[s] for n, s in zip(shape, index)]
     grid = np.meshgrid(*axes, indexing="ij", sparse=True)
     phase = sum(g * (0.37 + 0.61 * k + seed) for k, g in enumerate(grid))
