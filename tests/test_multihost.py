@@ -68,7 +68,7 @@ def test_every_entry_point_forward_and_gradients_match_one_device(worker_run):
         assert report["failures"] == [], report["failures"]
     cases = worker_run["[0]"]["cases"]
     assert cases == worker_run["[1]"]["cases"]  # one program, the same on every process
-    assert len(cases) == 14, sorted(cases)
+    assert len(cases) == 13, sorted(cases)
 
 
 def _cases(report, *words):
@@ -143,15 +143,20 @@ def test_dead_process_makes_the_other_fail_within_the_heartbeat_bound():
 
 
 def test_launcher_stops_the_others_and_names_the_failed_process():
-    result, text, seconds = launch(
-        [sys.executable, WORKER, "die"], timeout_s=120, MULTIHOST_HEARTBEAT_S="30"
+    # No jax here: process 1 fails at once, process 0 would run for a minute.
+    code = (
+        "import os, sys, time\n"
+        "if os.environ['JAXDECONV_PROCESS_ID'] == '1':\n"
+        "    print('process 1 exits on purpose', flush=True); sys.exit(3)\n"
+        "time.sleep(60)\n"
     )
+    result, text, seconds = launch([sys.executable, "-c", code], timeout_s=120)
     assert result.returncode == 3, (result, text[-3000:])
     assert result.failed == 1
     assert result.message.startswith("process 1 of 2 exited with status 3"), result.message
-    assert result.returncodes[1] == 3 and result.returncodes[0] != 0, result
+    assert result.returncodes == (-15, 3), result  # process 0 stopped with SIGTERM
     assert "[1] process 1 exits on purpose" in text
-    assert seconds < 30, seconds  # stopped by the launcher, before the 30 s heartbeat
+    assert seconds < 30, seconds
 
 
 def test_launcher_time_limit():
