@@ -198,8 +198,8 @@ def initialize(
     if ndev is not None:
         jax.config.update("jax_num_cpu_devices", ndev)
     if jax.config.jax_cpu_collectives_implementation is None:
-        # Collectives between processes on CPU (the default since jax 0.4.36; older
-        # versions had none unless set).
+        # Collectives between processes on CPU (the default in jax 0.10.2; older
+        # versions may have none unless set).
         jax.config.update("jax_cpu_collectives_implementation", "gloo")
     try:
         jax.distributed.initialize(
