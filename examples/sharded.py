@@ -98,7 +98,8 @@ def main(argv=None) -> None:
     import jaxdeconv.distributed as jdd
 
     described = (args.coordinator, args.num_processes, args.process_id)
-    if args.multihost or any(v is not None for v in described) or jdd.ENV_COORDINATOR in os.environ:
+    env = (jdd.ENV_COORDINATOR, jdd.ENV_NUM_PROCESSES, jdd.ENV_PROCESS_ID)
+    if args.multihost or any(v is not None for v in described) or any(e in os.environ for e in env):
         jdd.initialize(
             *described,
             local_device_count=args.local_devices,

@@ -125,7 +125,7 @@ def initialize(
     heartbeat_timeout: int = DEFAULT_TIMEOUTS["heartbeat_timeout"],
     shutdown_timeout: int = DEFAULT_TIMEOUTS["shutdown_timeout"],
     cluster_detection_method: str | None = None,
-) -> tuple[int, int]:
+) -> None:
     """Join this process to a multi-process jax run; call it before any jax computation.
 
     Each argument left ``None`` is read from its environment variable
@@ -149,8 +149,9 @@ def initialize(
       shutdown_timeout: seconds a finished process waits for the others at exit.
       cluster_detection_method: passed to :func:`jax.distributed.initialize`.
 
-    Returns:
-      ``(process_id, num_processes)`` as jax now sees them.
+    Afterwards :func:`jax.process_index`, :func:`jax.process_count`,
+    :func:`jax.devices` (every process's) and :func:`jax.local_devices` (this
+    one's) describe the run.
 
     Raises:
       TypeError, ValueError: for a malformed argument or environment variable
@@ -190,7 +191,8 @@ def initialize(
     import jax
     from jax._src import xla_bridge
 
-    if xla_bridge.backends_are_initialized():
+    initialized = getattr(xla_bridge, "backends_are_initialized", lambda: False)
+    if initialized():
         raise RuntimeError(
             "jaxdeconv.distributed.initialize must run before any jax computation (a jax "
             "backend is already initialized in this process)"
@@ -218,7 +220,6 @@ def initialize(
             "or run under a cluster manager jax detects (SLURM, Open MPI, Kubernetes, Cloud "
             f"TPU). Got coordinator={coord!r}, num_processes={nproc!r}, process_id={pid!r}."
         ) from e
-    return jax.process_index(), jax.process_count()
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -326,8 +327,8 @@ def launch_local(
         raise ValueError(f"timeout_s={timeout_s!r} must be a positive number of seconds")
     if port is None:
         port = free_port()
-    else:
-        _check_int("port", port, 1)
+    elif _check_int("port", port, 1) > 65535:
+        raise ValueError(f"port={port!r} must be <= 65535")
     stream = sys.stdout if stream is None else stream
     base = dict(os.environ if env is None else env)
     base[ENV_COORDINATOR] = f"127.0.0.1:{port}"
@@ -412,6 +413,9 @@ def main(args: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--port", type=int, default=None, help="coordinator port (default: free)")
     opts = parser.parse_args(args)
+    # A SIGTERM to the launcher stops the processes it started too (they run in their own
+    # sessions, out of reach of the terminal's signals).
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
     if not command:
         parser.error("give the command to run after '--', e.g. -- python examples/sharded.py")
     try:
