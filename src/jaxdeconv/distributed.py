@@ -96,7 +96,8 @@ def _check_int(name: str, value, minimum: int, source: str | None = None) -> int
     return value
 
 
-def _from_env(value, name: str, env: str):
+def _from_env(value, env: str):
+    """``value``, else the environment variable ``env``; and where it came from."""
     if value is not None:
         return value, None
     raw = os.environ.get(env)
@@ -160,10 +161,10 @@ def initialize(
       RuntimeError: if a jax backend is already initialized (a computation
         ran before), or if jax's distributed runtime is already initialized.
     """
-    coord, coord_src = _from_env(coordinator, "coordinator", ENV_COORDINATOR)
-    nproc, nproc_src = _from_env(num_processes, "num_processes", ENV_NUM_PROCESSES)
-    pid, pid_src = _from_env(process_id, "process_id", ENV_PROCESS_ID)
-    ndev, ndev_src = _from_env(local_device_count, "local_device_count", ENV_LOCAL_DEVICES)
+    coord, coord_src = _from_env(coordinator, ENV_COORDINATOR)
+    nproc, nproc_src = _from_env(num_processes, ENV_NUM_PROCESSES)
+    pid, pid_src = _from_env(process_id, ENV_PROCESS_ID)
+    ndev, ndev_src = _from_env(local_device_count, ENV_LOCAL_DEVICES)
     if coord is not None:
         coord = _check_coordinator(coord, coord_src)
     if nproc is not None:
