@@ -283,3 +283,17 @@ def test_torch_to_pytree_bad_arguments_and_unreadable_norms():
         torch_to_pytree(legacy)
     with pytest.raises(ValueError, match="remove_spectral_norm"):
         torch_to_pytree(legacy.state_dict())
+
+
+def test_porting_imports_torch_only_when_called(monkeypatch):
+    import subprocess
+    import sys
+
+    code = "import sys, jaxdeconv.porting; print('torch' in sys.modules, 'flax' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False", "False"]
+    from jaxdeconv.porting import torch_to_pytree
+
+    monkeypatch.setitem(sys.modules, "torch", None)  # as if torch were not installed
+    with pytest.raises(ImportError, match=r"pip install 'jaxdeconv\[torch\]'"):
+        torch_to_pytree({})

@@ -37,7 +37,7 @@ _PARAM_WN = ("parametrizations.weight.original0", "parametrizations.weight.origi
 def _torch():
     try:
         import torch
-    except ImportError as e:  # pragma: no cover - torch is installed in CI
+    except ImportError as e:
         raise ImportError("porting from PyTorch needs torch: pip install 'jaxdeconv[torch]'") from e
     return torch
 
