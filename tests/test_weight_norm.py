@@ -87,6 +87,18 @@ def test_legacy_weight_norm_loaded_with_load_state_dict_ports_exactly(framework)
 
 
 @pytest.mark.parametrize("framework", FRAMEWORKS)
+def test_parametrized_weight_norm_folds_to_torchs_weight(framework):
+    torch.manual_seed(3)
+    t = parametrizations.weight_norm(torch.nn.ConvTranspose2d(4, 6, 3, stride=2, groups=2))
+    with torch.no_grad():
+        t.parametrizations.weight.original0.mul_(2.0)
+    x = torch.randn(1, 4, 3, 3)
+    _, run, grads = _port(framework, t)
+    np.testing.assert_allclose(run(x.numpy()), t(x).detach().numpy(), rtol=1e-6, atol=1e-6)
+    assert sorted(grads(lambda f: jnp.sum(f(x.numpy())))) == ["bias", "weight"]
+
+
+@pytest.mark.parametrize("framework", FRAMEWORKS)
 @pytest.mark.parametrize(
     ("api", "dim", "channels_last"),
     [
