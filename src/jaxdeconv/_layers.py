@@ -232,7 +232,7 @@ def read_torch(module, channels_last: bool, dtype, weight_norm: str = "fold"):
     if isinstance(module.padding, str):
         raise ValueError(f"module.padding={module.padding!r}: only integer padding is supported")
     dtype = porting._check_dtype(dtype)
-    found = porting.weight_norm_of(module)  # raises where module.weight can't be trusted
+    found = porting._weight_norm_of(module)  # raises where module.weight can't be trusted
     conv = porting._to_jax
     params: dict[str, Any] = {}
     extra: dict[str, Any] = {}
@@ -247,7 +247,7 @@ def read_torch(module, channels_last: bool, dtype, weight_norm: str = "fold"):
         params["weight_v"] = conv(v, "weight_v", dtype)
         extra = dict(weight_norm=True, weight_norm_dim=dim)
     elif found is not None:  # legacy module.weight is stale until a forward: recompute
-        params["weight"] = conv(porting.fold_weight_norm(*found), "weight", dtype)
+        params["weight"] = conv(porting._fold_weight_norm(*found), "weight", dtype)
     else:
         params["weight"] = conv(module.weight, "weight", dtype)
     dtype = next(iter(params.values())).dtype

@@ -110,7 +110,7 @@ def _dim_from_shapes(g_shape, v_shape, name: str) -> int | None:
     return kept[0] if kept else None
 
 
-def weight_norm_of(module) -> tuple[Any, Any, int | None] | None:
+def _weight_norm_of(module) -> tuple[Any, Any, int | None] | None:
     """``(g, v, dim)`` of a module whose ``weight`` is weight-normed, else ``None``.
 
     Reads both torch APIs: the legacy ``torch.nn.utils.weight_norm`` (a forward
@@ -163,7 +163,7 @@ def weight_norm_of(module) -> tuple[Any, Any, int | None] | None:
     return None
 
 
-def fold_weight_norm(g, v, dim: int | None):
+def _fold_weight_norm(g, v, dim: int | None):
     """torch's ``_weight_norm(v, g, dim)``: the weight ``g * v / ||v||`` as a torch tensor."""
     torch = _torch()
     with torch.no_grad():
@@ -281,7 +281,7 @@ def torch_to_pytree(
         for name, sub in module.named_modules():
             if isinstance(sub, torch.nn.modules.conv._ConvTransposeNd):
                 ct_names.add(name)
-            found = weight_norm_of(sub)
+            found = _weight_norm_of(sub)
             if found is not None:
                 dims[f"{name}." if name else ""] = found[2]
     elif isinstance(module_or_state_dict, Mapping):
@@ -354,7 +354,7 @@ def torch_to_pytree(
             dim = _dim_from_shapes(g.shape, v.shape, g_key)
         last = conv_transpose_layout == "channels_last" and f"{prefix}weight" in weights
         if weight_norm == "fold":
-            arr = _to_jax(fold_weight_norm(g, v, dim), f"{prefix}weight", dtype)
+            arr = _to_jax(_fold_weight_norm(g, v, dim), f"{prefix}weight", dtype)
             flat[f"{prefix}weight"] = _channels_last(arr) if last else arr
         else:
             for name, t in (("weight_g", g), ("weight_v", v)):
