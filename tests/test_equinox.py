@@ -98,6 +98,7 @@ def test_jit_and_grad():
         (dict(output_padding=2), ValueError, "output_padding"),
         (dict(groups=3), ValueError, "groups=3 must divide in_channels=4"),
         (dict(kernel_size=3), ValueError, "num_spatial_dims"),
+        (dict(kernel_size=(3, 3), num_spatial_dims=3), ValueError, "sequence of 3 ints"),
         (dict(method="fft"), ValueError, "method='fft'"),
         (dict(stride=0), ValueError, "stride"),
         (dict(bias=1), TypeError, "bias"),

@@ -67,7 +67,7 @@ def test_statistics_match_torch():
 def test_channels_last_dtype_no_bias_and_keys():
     w, b = init_conv_transpose(jax.random.key(0), 4, 6, (3, 2), 2, False, channels_last=True)
     assert w.shape == (3, 2, 4, 3) and b is None
-    w64, _ = init_conv_transpose(jax.random.key(0), 4, 6, 3, ndim=1, dtype=jnp.bfloat16)
+    w64, _ = init_conv_transpose(jax.random.key(0), 4, 6, 3, num_spatial_dims=1, dtype=jnp.bfloat16)
     assert w64.shape == (4, 6, 3) and w64.dtype == jnp.bfloat16
     w1, b1 = init_conv_transpose(jax.random.key(0), 4, 6, (3,))
     w2, _ = init_conv_transpose(jax.random.key(1), 4, 6, (3,))
@@ -85,7 +85,8 @@ def test_channels_last_dtype_no_bias_and_keys():
         (dict(out_channels=5, groups=2), ValueError, "groups=2 must divide out_channels=5"),
         (dict(kernel_size=3), ValueError, "kernel_size=3 is a single int"),
         (dict(kernel_size=(3, 0)), ValueError, "kernel_size"),
-        (dict(kernel_size=(3,), ndim=2), ValueError, "ndim=2"),
+        (dict(kernel_size=(3,), num_spatial_dims=2), ValueError, "num_spatial_dims=2"),
+        (dict(kernel_size=3, num_spatial_dims=0), ValueError, "num_spatial_dims=0"),
         (dict(in_channels=2.5), TypeError, "in_channels"),
         (dict(bias="yes"), TypeError, "bias"),
         (dict(dtype=jnp.int32), TypeError, "dtype"),
@@ -96,6 +97,14 @@ def test_bad_arguments(kwargs, exc, match):
     args.update(kwargs)
     with pytest.raises(exc, match=match):
         init_conv_transpose(jax.random.key(0), **args)
+
+
+def test_ndim_is_a_deprecated_alias_of_num_spatial_dims():
+    with pytest.warns(DeprecationWarning, match="num_spatial_dims"):
+        w, _ = init_conv_transpose(jax.random.key(0), 4, 6, 3, ndim=2)
+    assert w.shape == (4, 6, 3, 3)
+    with pytest.raises(TypeError, match="not both"):
+        init_conv_transpose(jax.random.key(0), 4, 6, 3, ndim=2, num_spatial_dims=2)
 
 
 def test_import_needs_only_jax_and_numpy():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import math
+import warnings
 from collections.abc import Sequence
 
 import jax
@@ -33,22 +34,24 @@ def channel_counts(in_channels, out_channels, groups) -> tuple[int, int, int]:
     return in_channels, out_channels, groups
 
 
-def _kernel_tuple(kernel_size, ndim: int | None) -> tuple[int, ...]:
+def _kernel_tuple(kernel_size, nd: int | None) -> tuple[int, ...]:
     if isinstance(kernel_size, (Sequence, np.ndarray)) and not isinstance(kernel_size, str):
         ks = _as_tuple("kernel_size", kernel_size, len(kernel_size))
-        if ndim is not None and len(ks) != ndim:
-            raise ValueError(f"kernel_size={kernel_size!r} has {len(ks)} entries but ndim={ndim}")
+        if nd is not None and len(ks) != nd:
+            raise ValueError(
+                f"kernel_size={kernel_size!r} has {len(ks)} entries but num_spatial_dims={nd}"
+            )
     else:
-        if ndim is None:
+        if nd is None:
             raise ValueError(
                 f"kernel_size={kernel_size!r} is a single int: give one size per spatial "
                 "dimension, e.g. kernel_size=(3, 3), or the number of spatial dimensions "
-                "with ndim=2"
+                "with num_spatial_dims=2"
             )
-        ndim = _as_int("ndim", ndim)
-        if ndim < 1:
-            raise ValueError(f"ndim={ndim} must be a positive int")
-        ks = _as_tuple("kernel_size", kernel_size, ndim)
+        nd = _as_int("num_spatial_dims", nd)
+        if nd < 1:
+            raise ValueError(f"num_spatial_dims={nd} must be a positive int")
+        ks = _as_tuple("kernel_size", kernel_size, nd)
     if not ks or any(k < 1 for k in ks):
         raise ValueError(f"kernel_size={kernel_size!r} must hold positive ints")
     return ks
@@ -73,9 +76,10 @@ def init_conv_transpose(
     groups: int = 1,
     bias: bool = True,
     *,
-    ndim: int | None = None,
+    num_spatial_dims: int | None = None,
     channels_last: bool = False,
     dtype: jax.typing.DTypeLike | None = None,
+    ndim: int | None = None,
 ) -> tuple[jax.Array, jax.Array | None]:
     """Weight and bias with PyTorch's default ``ConvTranspose`` initialization.
 
@@ -92,13 +96,16 @@ def init_conv_transpose(
       key: a ``jax.random`` key.
       in_channels: ``C_in``.
       out_channels: ``C_out``.
-      kernel_size: one size per spatial dimension (or an int with ``ndim``).
+      kernel_size: one size per spatial dimension (or an int with
+        ``num_spatial_dims``: the rank is never guessed).
       groups: blocked connections; must divide both channel counts.
       bias: whether to return a bias (else ``None``).
-      ndim: number of spatial dimensions, needed only for an int ``kernel_size``.
+      num_spatial_dims: number of spatial dimensions, needed only for an int
+        ``kernel_size`` (the name the layers use too).
       channels_last: return the weight as ``[*kernel, C_in, C_out / groups]``
         instead of PyTorch's ``[C_in, C_out / groups, *kernel]``.
       dtype: a floating dtype; default ``float32`` (``float64`` with x64 on).
+      ndim: deprecated alias of ``num_spatial_dims`` (warns).
 
     Returns:
       ``(weight, bias)`` ready for :func:`jaxdeconv.conv_transpose` with the
@@ -125,7 +132,17 @@ def init_conv_transpose(
         raise TypeError(f"bias must be a bool, got {bias!r}")
     if not isinstance(channels_last, (bool, np.bool_)):
         raise TypeError(f"channels_last must be a bool, got {channels_last!r}")
-    ks = _kernel_tuple(kernel_size, ndim)
+    if ndim is not None:
+        if num_spatial_dims is not None:
+            raise TypeError("give num_spatial_dims or its deprecated alias ndim, not both")
+        warnings.warn(
+            "init_conv_transpose(ndim=...) is deprecated: write num_spatial_dims=..., "
+            "the name the layers use",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        num_spatial_dims = ndim
+    ks = _kernel_tuple(kernel_size, num_spatial_dims)
     if dtype is None:
         dtype = jax.dtypes.canonicalize_dtype(jnp.float64)
     if not jnp.issubdtype(dtype, jnp.floating):

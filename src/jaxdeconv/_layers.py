@@ -1,7 +1,7 @@
-"""What the Flax and Equinox ``ConvTranspose`` layers share: argument checks and torch import.
+"""What the Flax (NNX, Linen) and Equinox layers share: argument checks, weight norm, torch import.
 
-Framework-free (only jax and numpy), so both ``jaxdeconv.flax`` and
-``jaxdeconv.equinox`` build on it without importing each other's framework.
+Framework-free (only jax and numpy), so ``jaxdeconv.flax``, ``jaxdeconv.linen``
+and ``jaxdeconv.equinox`` build on it without importing each other's framework.
 """
 
 from __future__ import annotations
@@ -37,10 +37,23 @@ class LayerConfig:
     dilation: tuple[int, ...]
     channels_last: bool
     method: str
+    weight_norm: bool = False
+    weight_norm_dim: int | None = 0  # an axis of the weight in PyTorch's layout, or None
 
     @property
     def num_spatial_dims(self) -> int:
         return len(self.kernel_size)
+
+    @property
+    def norm_axes(self) -> tuple[int, ...]:
+        """Axes of the layer's weight that weight norm's ``||v||`` sums over."""
+        rank = self.num_spatial_dims + 2
+        if self.weight_norm_dim is None:
+            return tuple(range(rank))
+        kept = self.weight_norm_dim
+        if self.channels_last:  # torch axes (C_in, C_out/g, *k) -> (*k, C_in, C_out/g)
+            kept = kept + self.num_spatial_dims if kept < 2 else kept - 2
+        return tuple(a for a in range(rank) if a != kept)
 
     @property
     def weight_shape(self) -> tuple[int, ...]:
@@ -66,6 +79,8 @@ def make_config(
     num_spatial_dims,
     channels_last,
     method,
+    weight_norm=False,
+    weight_norm_dim=0,
 ) -> LayerConfig:
     """Validate the constructor arguments as PyTorch would, before any input is seen."""
     in_channels, out_channels, groups = channel_counts(in_channels, out_channels, groups)
@@ -102,6 +117,8 @@ def make_config(
         dilation=_as_tuple("dilation", dilation, nd),
         channels_last=bool(channels_last),
         method=method,
+        weight_norm=bool(weight_norm),
+        weight_norm_dim=_weight_norm_dim(weight_norm, weight_norm_dim, nd + 2),
     )
     probe = (1, *([_PROBE_SIZE] * nd), in_channels) if channels_last else None
     if probe is None:
@@ -117,6 +134,41 @@ def make_config(
         channels_last=cfg.channels_last,
     )
     return cfg
+
+
+def _weight_norm_dim(weight_norm, dim, rank: int) -> int | None:
+    if not isinstance(weight_norm, (bool, np.bool_)):
+        raise TypeError(f"weight_norm must be a bool, got {weight_norm!r}")
+    if not weight_norm:
+        if dim != 0:
+            raise ValueError(f"weight_norm_dim={dim!r} needs weight_norm=True")
+        return 0
+    if dim is None:
+        return None
+    dim = _as_int("weight_norm_dim", dim, sequence_ok=False)
+    if dim == -1:
+        raise ValueError(
+            "weight_norm_dim=-1 is ambiguous: PyTorch's weight_norm reads dim=-1 as the whole "
+            f"tensor (like dim=None), not the last axis; write None or {rank - 1}"
+        )
+    if not -rank <= dim < rank:
+        raise ValueError(f"weight_norm_dim={dim} is not an axis of the rank-{rank} weight")
+    return dim + rank if dim < 0 else dim
+
+
+def weight_norm_g(cfg: LayerConfig, v) -> jax.Array:
+    """PyTorch's initial magnitude ``g = ||v||`` (per kept axis; a scalar for ``dim=None``)."""
+    norm = jnp.sqrt(jnp.sum(jnp.square(v), axis=cfg.norm_axes, keepdims=True))
+    return norm.reshape(()) if cfg.weight_norm_dim is None else norm
+
+
+def compute_weight(cfg: LayerConfig, weight, weight_g, weight_v) -> jax.Array:
+    """The weight the layer applies: ``weight``, or torch's ``v * (g / ||v||)``."""
+    if not cfg.weight_norm:
+        return weight
+    v = jnp.asarray(weight_v)
+    norm = jnp.sqrt(jnp.sum(jnp.square(v), axis=cfg.norm_axes, keepdims=True))
+    return v * (jnp.asarray(weight_g) / norm)
 
 
 def apply(
@@ -155,10 +207,18 @@ def apply(
     )
 
 
-def read_torch(module, channels_last: bool, dtype):
-    """Hyper-parameters, weight and bias of a ``torch.nn.ConvTranspose{1,2,3}d``."""
-    import torch  # lazily: only the porting path needs it
+def read_torch(module, channels_last: bool, dtype, weight_norm: str = "fold"):
+    """Constructor arguments and parameters of a ``torch.nn.ConvTranspose{1,2,3}d``.
 
+    Returns ``(kwargs, params)``: ``params`` holds ``weight`` (or, with
+    ``weight_norm="keep"``, ``weight_g`` and ``weight_v``) and ``bias`` (or
+    ``None``), converted with :mod:`jaxdeconv.porting`'s dtype rules.
+    """
+    from . import porting  # lazily: imports torch
+
+    torch = porting._torch()
+    if weight_norm not in porting.WEIGHT_NORM:
+        raise ValueError(f"weight_norm={weight_norm!r} is not one of {porting.WEIGHT_NORM}")
     if not isinstance(module, torch.nn.modules.conv._ConvTransposeNd):
         raise TypeError(
             f"module must be a torch.nn.ConvTranspose1d/2d/3d, got {type(module).__name__}"
@@ -170,15 +230,31 @@ def read_torch(module, channels_last: bool, dtype):
         )
     if isinstance(module.padding, str):
         raise ValueError(f"module.padding={module.padding!r}: only integer padding is supported")
-    weight = module.weight.detach().cpu().numpy()
-    bias = None if module.bias is None else module.bias.detach().cpu().numpy()
-    if dtype is None:
-        dtype = weight.dtype
-    weight = jnp.asarray(weight, dtype)
+    dtype = porting._check_dtype(dtype)
+    found = porting._weight_norm_of(module)  # raises where module.weight can't be trusted
+    conv = porting._to_jax
+    params: dict[str, Any] = {}
+    extra: dict[str, Any] = {}
+    if weight_norm == "keep":
+        if found is None:
+            raise ValueError(
+                f"weight_norm='keep' but this {type(module).__name__} has no weight norm "
+                "(torch.nn.utils.weight_norm or parametrizations.weight_norm)"
+            )
+        g, v, dim = found
+        params["weight_g"] = conv(g, "weight_g", dtype)
+        params["weight_v"] = conv(v, "weight_v", dtype)
+        extra = dict(weight_norm=True, weight_norm_dim=dim)
+    elif found is not None:  # legacy module.weight is stale until a forward: recompute
+        params["weight"] = conv(porting._fold_weight_norm(*found), "weight", dtype)
+    else:
+        params["weight"] = conv(module.weight, "weight", dtype)
+    dtype = next(iter(params.values())).dtype
+    params["bias"] = None if module.bias is None else conv(module.bias, "bias", dtype)
     if channels_last:
-        weight = jnp.moveaxis(weight, (0, 1), (-2, -1))
-    if bias is not None:
-        bias = jnp.asarray(bias, dtype)
+        for name in ("weight", "weight_g", "weight_v"):
+            if name in params:
+                params[name] = porting._channels_last(params[name])
     kwargs = dict(
         in_channels=module.in_channels,
         out_channels=module.out_channels,
@@ -187,17 +263,23 @@ def read_torch(module, channels_last: bool, dtype):
         padding=tuple(module.padding),
         output_padding=tuple(module.output_padding),
         groups=module.groups,
-        bias=bias is not None,
+        bias=module.bias is not None,
         dilation=tuple(module.dilation),
+        **extra,
     )
-    return kwargs, weight, bias
+    return kwargs, params
 
 
-def init_params(cfg: LayerConfig, key: jax.Array, bias: Any, dtype) -> tuple[Any, Any]:
-    """A layer's ``(weight, bias or None)`` with PyTorch's default init, ``bias`` checked."""
-    if not isinstance(bias, bool):
+def init_params(cfg: LayerConfig, key: jax.Array, bias: Any, dtype) -> dict[str, Any]:
+    """A layer's parameters with PyTorch's default init, ``bias`` checked.
+
+    ``{"weight", "bias"}``, or with weight norm ``{"weight_g", "weight_v",
+    "bias"}`` as ``torch.nn.utils.weight_norm`` sets them up (``v`` the
+    initial weight, ``g = ||v||``); ``bias`` is ``None`` without one.
+    """
+    if not isinstance(bias, (bool, np.bool_)):
         raise TypeError(f"bias must be a bool, got {bias!r}")
-    return init_conv_transpose(
+    weight, b = init_conv_transpose(
         key,
         cfg.in_channels,
         cfg.out_channels,
@@ -207,3 +289,20 @@ def init_params(cfg: LayerConfig, key: jax.Array, bias: Any, dtype) -> tuple[Any
         channels_last=cfg.channels_last,
         dtype=dtype,
     )
+    if cfg.weight_norm:
+        return {"weight_g": weight_norm_g(cfg, weight), "weight_v": weight, "bias": b}
+    return {"weight": weight, "bias": b}
+
+
+def check_shapes(cfg: LayerConfig, params: dict[str, Any]) -> None:
+    """Raise if a loaded parameter's shape does not fit the layer's configuration."""
+    v_shape = cfg.weight_shape
+    g_shape = tuple(1 if a in cfg.norm_axes else n for a, n in enumerate(v_shape))
+    want = {"weight": v_shape, "weight_v": v_shape, "bias": (cfg.out_channels,)}
+    want["weight_g"] = () if cfg.weight_norm_dim is None else g_shape
+    for name, value in params.items():
+        if value is not None and tuple(np.shape(value)) != want[name]:
+            raise ValueError(
+                f"{name}.shape={tuple(np.shape(value))} does not fit this layer, which "
+                f"needs {want[name]}"
+            )

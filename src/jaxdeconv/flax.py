@@ -1,7 +1,7 @@
 """A Flax NNX ``ConvTranspose`` layer with PyTorch's arguments, weights and numbers.
 
-Needs ``flax`` (``pip install jaxdeconv[flax]``); ``import jaxdeconv`` does not
-import this module.
+Needs ``flax`` (``pip install 'jaxdeconv[flax]'``); ``import jaxdeconv`` does not
+import this module. The Flax Linen layer is :mod:`jaxdeconv.linen`.
 """
 
 from __future__ import annotations
@@ -9,8 +9,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import jax
-from flax import nnx
 from jax.typing import ArrayLike
+
+try:
+    from flax import nnx
+except ImportError as e:
+    raise ImportError("jaxdeconv.flax needs Flax (NNX): pip install 'jaxdeconv[flax]'") from e
 
 from . import _layers
 from ._spec import IntOrSeq, PaddingLike
@@ -30,10 +34,21 @@ class ConvTranspose(nnx.Module):
     ``bias`` ``[C_out]`` (or ``None``), initialized as PyTorch does
     (:func:`jaxdeconv.init_conv_transpose`).
 
+    With ``weight_norm=True`` the layer is ``torch.nn.utils.weight_norm(layer,
+    dim=weight_norm_dim)``: ``weight`` is ``None`` and the trainable
+    parameters are ``weight_v`` (the weight's shape) and ``weight_g``, the
+    weight applied being ``weight_v * (weight_g / ||weight_v||)``
+    (:meth:`compute_weight`). The norm is taken over every axis except
+    ``weight_norm_dim``, an axis of the weight *in PyTorch's layout* (also with
+    ``channels_last``): torch's default ``0`` is one magnitude per **input**
+    channel for a transposed convolution, ``weight_g`` ``[C_in, 1, ...]``;
+    ``None`` is one scalar ``weight_g`` for the whole tensor.
+
     Args:
       in_channels, out_channels: channel counts.
       kernel_size: one size per spatial dimension, or an int with
-        ``num_spatial_dims``.
+        ``num_spatial_dims`` (PyTorch's class fixes the rank; this layer does
+        not guess it: an int alone is an error).
       stride, padding, output_padding, groups, dilation: as in PyTorch;
         ``padding`` also takes ``((lo, hi), ...)``, ``"SAME"`` or ``"VALID"``.
       bias: whether to learn a bias.
@@ -42,6 +57,9 @@ class ConvTranspose(nnx.Module):
       method: the formulation (``"auto"``, ``"vjp"``, ...).
       precision, preferred_element_type: passed to ``lax``.
       dtype: dtype of the parameters (default ``float32``).
+      weight_norm: hold ``weight_g`` and ``weight_v`` instead of ``weight``.
+      weight_norm_dim: torch's ``dim`` of ``weight_norm`` (an int axis of the
+        PyTorch-layout weight, or ``None``); needs ``weight_norm=True``.
       rngs: ``nnx.Rngs``; the ``params`` stream draws the initial values.
 
     Raises:
@@ -79,6 +97,8 @@ class ConvTranspose(nnx.Module):
         precision: jax.lax.PrecisionLike = None,
         preferred_element_type: jax.typing.DTypeLike | None = None,
         dtype: jax.typing.DTypeLike | None = None,
+        weight_norm: bool = False,
+        weight_norm_dim: int | None = 0,
         rngs: nnx.Rngs,
     ):
         cfg = _layers.make_config(
@@ -93,6 +113,8 @@ class ConvTranspose(nnx.Module):
             num_spatial_dims,
             channels_last,
             method,
+            weight_norm,
+            weight_norm_dim,
         )
         self.config = cfg
         self.in_channels = cfg.in_channels
@@ -107,9 +129,23 @@ class ConvTranspose(nnx.Module):
         self.method = cfg.method
         self.precision = precision
         self.preferred_element_type = preferred_element_type
-        w, b = _layers.init_params(cfg, rngs.params(), bias, dtype)
-        self.weight = nnx.Param(w)
-        self.bias = nnx.Param(b) if b is not None else None
+        self._set_params(_layers.init_params(cfg, rngs.params(), bias, dtype))
+
+    def _set_params(self, params) -> None:
+        _layers.check_shapes(self.config, params)
+        for name in ("weight", "weight_g", "weight_v", "bias"):
+            value = params.get(name)
+            setattr(self, name, None if value is None else nnx.Param(value))
+
+    def compute_weight(self) -> jax.Array:
+        """The weight the layer applies: ``weight``, or ``weight_v * (weight_g / ||weight_v||)``."""
+
+        def get(p):
+            return None if p is None else p[...]
+
+        return _layers.compute_weight(
+            self.config, get(self.weight), get(self.weight_g), get(self.weight_v)
+        )
 
     def __call__(self, x: ArrayLike, output_size: Sequence[int] | int | None = None) -> jax.Array:
         """Apply the layer.
@@ -126,7 +162,7 @@ class ConvTranspose(nnx.Module):
         return _layers.apply(
             self.config,
             x,
-            self.weight[...],
+            self.compute_weight(),
             None if self.bias is None else self.bias[...],
             output_size,
             self.precision,
@@ -143,6 +179,7 @@ class ConvTranspose(nnx.Module):
         precision: jax.lax.PrecisionLike = None,
         preferred_element_type: jax.typing.DTypeLike | None = None,
         dtype: jax.typing.DTypeLike | None = None,
+        weight_norm: str = "fold",
     ) -> ConvTranspose:
         """The layer holding a ``torch.nn.ConvTranspose{1,2,3}d``'s arguments and weights.
 
@@ -150,16 +187,31 @@ class ConvTranspose(nnx.Module):
         ``padding``, ``output_padding``, ``groups``, ``dilation``, ``weight``
         and ``bias``, so the layer reproduces the module's outputs.
 
+        A weight-normed module (legacy ``torch.nn.utils.weight_norm`` or
+        ``torch.nn.utils.parametrizations.weight_norm``) is read from its ``g``
+        and ``v``, never from the legacy ``module.weight``, which torch leaves
+        stale after ``load_state_dict`` until the next forward. With
+        ``weight_norm="fold"`` (default) the layer gets the one ``weight``
+        torch's forward computes; with ``"keep"`` it gets ``weight_g`` and
+        ``weight_v`` and ``weight_norm=True`` with torch's ``dim``, so training
+        follows torch's weight-norm gradients.
+
         Args:
           module: a ``torch.nn.ConvTranspose1d``, ``2d`` or ``3d`` with
             ``padding_mode='zeros'`` (the only mode PyTorch runs).
           channels_last, method, precision, preferred_element_type: as in the
             constructor.
-          dtype: dtype of the parameters; default: the module's.
+          dtype: dtype of the parameters; default: the module's. A float64
+            module with JAX's x64 mode off raises instead of silently
+            becoming float32: pass ``dtype=jnp.float32`` or enable x64.
+          weight_norm: ``"fold"`` or ``"keep"`` (the module must have weight norm).
 
         Raises:
           TypeError: if ``module`` is not a PyTorch transposed convolution.
-          ValueError: for another ``padding_mode``.
+          ValueError: for another ``padding_mode``, float64 without x64 and
+            without ``dtype``, ``"keep"`` without weight norm, or a weight
+            that cannot be trusted (legacy ``spectral_norm``, ``weight_g`` /
+            ``weight_v`` without torch's hook).
 
         Examples:
           >>> import torch, numpy as np
@@ -170,7 +222,8 @@ class ConvTranspose(nnx.Module):
           >>> np.allclose(layer(x.numpy()), t(x).detach().numpy(), atol=1e-5)
           True
         """
-        kwargs, weight, bias = _layers.read_torch(module, channels_last, dtype)
+        kwargs, params = _layers.read_torch(module, channels_last, dtype, weight_norm)
+        dtype = next(v for v in params.values() if v is not None).dtype
         # Built under eval_shape: the random initial values are never computed (or compiled).
         layer = nnx.eval_shape(
             lambda: cls(
@@ -179,10 +232,9 @@ class ConvTranspose(nnx.Module):
                 method=method,
                 precision=precision,
                 preferred_element_type=preferred_element_type,
-                dtype=weight.dtype,
+                dtype=dtype,
                 rngs=nnx.Rngs(0),
             )
         )
-        layer.weight = nnx.Param(weight)
-        layer.bias = None if bias is None else nnx.Param(bias)
+        layer._set_params(params)
         return layer
