@@ -61,23 +61,12 @@ def _config():
     return yaml.safe_load((ROOT / "mkdocs.yml").read_text())
 
 
-def test_every_nav_page_is_built_and_optional_ones_once_written(site):
-    out, log = site
-    config = _config()
-    optional = set(config["extra"]["optional_pages"])
-    for page in _nav_pages(config["nav"]):
-        if page not in optional:
-            assert _html(out, page).is_file(), page
-            continue
-        if page.startswith("api/"):
-            name = page[len("api/") : -len(".md")]
-            src = ROOT / "src" / "jaxdeconv" / name
-            present = src.with_suffix(".py").is_file() or (src / "__init__.py").is_file()
-        else:
-            present = (ROOT / "docs" / page).is_file()
-        assert _html(out, page).is_file() == present, page
-        if not present:
-            assert page in log  # left out of the nav, and said so
+def test_every_nav_page_is_built(site):
+    out, _ = site
+    pages = list(_nav_pages(_config()["nav"]))
+    assert "porting.md" in pages and "api/formulations.md" in pages
+    for page in pages:
+        assert _html(out, page).is_file(), page
 
 
 def test_api_reference_is_generated_from_the_docstrings(site):

@@ -2,8 +2,10 @@
 
 ``import jaxdeconv`` loads the functions below and their formulations only; the
 public submodules :mod:`jaxdeconv.layouts`, :mod:`jaxdeconv.sharding`,
-:mod:`jaxdeconv.study`, :mod:`jaxdeconv.testing` (and the optional
-:mod:`jaxdeconv.flax`, :mod:`jaxdeconv.equinox`) load on first use.
+:mod:`jaxdeconv.distributed`, :mod:`jaxdeconv.porting`, :mod:`jaxdeconv.study`,
+:mod:`jaxdeconv.testing` and :mod:`jaxdeconv.formulations` load on first use; the
+layers (:mod:`jaxdeconv.flax`, :mod:`jaxdeconv.linen`, :mod:`jaxdeconv.equinox`)
+need their extras and are imported by name.
 
 >>> import jaxdeconv
 >>> sorted(jaxdeconv.FORMULATIONS)
@@ -49,7 +51,7 @@ __all__ = [
 ]
 
 # Public submodules, imported on first attribute access (PEP 562).
-_LAZY = ("layouts", "sharding", "study", "testing", "formulations")
+_LAZY = ("distributed", "formulations", "layouts", "porting", "sharding", "study", "testing")
 
 
 def __getattr__(name):

@@ -20,7 +20,7 @@ except ImportError as e:
     raise ImportError("jaxdeconv.linen needs Flax (Linen): pip install 'jaxdeconv[flax]'") from e
 
 from . import _layers
-from ._shapes import IntOrSeq, PaddingLike
+from ._spec import IntOrSeq, PaddingLike
 
 __all__ = ["ConvTranspose"]
 
