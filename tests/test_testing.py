@@ -20,13 +20,6 @@ assert jax.device_count() > 1, "conftest should give 8 CPU devices for the pmap 
 VARIANTS = dict(with_jit=True, without_jit=True, with_device=True, with_pmap=True)
 
 
-def working_formulations():
-    """FORMULATIONS whose jitted gradients do not abort XLA, and the failures of the others."""
-    failures = testing.jit_gradient_failures()
-    working = {m: f for m, f in jaxdeconv.FORMULATIONS.items() if failures[m] is None}
-    return working, {m: e for m, e in failures.items() if e is not None}
-
-
 class CrossCheckVariantsTest(chex.TestCase):
     @chex.variants(**VARIANTS)
     @parameterized.named_parameters(
@@ -38,16 +31,11 @@ class CrossCheckVariantsTest(chex.TestCase):
             w_shape = (*w_shape[2:], *w_shape[:2])
         spec = jaxdeconv.make_spec(x_shape, w_shape, **kwargs, channels_last=channels_last)
         x, w, _ = testing.random_arrays(spec, seed=3)
-        working, broken = working_formulations()
-        results = testing.check_formulations_agree(
-            x, w, spec, formulations=working, transform=self.variant
-        )
-        self.assertEqual(sorted(results), sorted(working))
+        results = testing.check_formulations_agree(x, w, spec, transform=self.variant)
+        self.assertEqual(sorted(results), sorted(jaxdeconv.FORMULATIONS))
         for out in results.values():
             chex.assert_shape(out["value"], spec.output_shape)
             chex.assert_trees_all_equal_shapes(out["vjp"], (x, w))
-        if broken:
-            self.fail(f"jitted gradients abort XLA for {sorted(broken)}: {broken}")
 
     @chex.variants(with_jit=True, without_jit=True, with_pmap=True)
     def test_every_formulation_is_the_transpose_of_forward_conv(self):
@@ -60,16 +48,13 @@ class CrossCheckVariantsTest(chex.TestCase):
         )
         _, w, _ = testing.random_arrays(spec, seed=4)
         y = jax.ShapeDtypeStruct(spec.output_shape, jnp.float32)
-        working, broken = working_formulations()
-        for fn in working.values():
+        for fn in jaxdeconv.FORMULATIONS.values():
             testing.check_transpose_pair(
                 lambda y_: testing.forward_conv(y_, w, spec, precision="highest"),
                 lambda x_, fn=fn: fn(x_, jnp.asarray(w), spec, precision="highest"),
                 y,
                 transform=self.variant,
             )
-        if broken:
-            self.fail(f"jitted gradients abort XLA for {sorted(broken)}: {broken}")
 
 
 # The checks catch what they claim to catch.

@@ -11,16 +11,20 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 from ._spec import ConvTransposeSpec
 
 __all__ = [
+    "act_from_channels_first",
     "act_from_channels_last",
+    "act_to_channels_first",
     "act_to_channels_last",
     "add_bias",
     "channels_last_dimension_numbers",
     "dimension_numbers",
+    "flip_spatial",
     "flipped_kernel",
     "kernel_spatial_axes",
     "spatial_axes",
@@ -75,57 +79,84 @@ def spatial_index(spec: ConvTransposeSpec, per_dim: tuple[slice, ...]) -> tuple[
     return (full, *per_dim, full) if spec.channels_last else (full, full, *per_dim)
 
 
-def swap_in_out(w: jax.Array, spec: ConvTransposeSpec) -> jax.Array:
+def _xp(a):
+    """NumPy for NumPy arrays (float64 stays float64), else jax.numpy."""
+    return np if isinstance(a, np.ndarray) else jnp
+
+
+def swap_in_out(w, groups: int = 1, *, channels_last: bool = False):
     """Swap the in/out channel axes of a transposed-conv weight within each group.
 
     ``[C_in, C_out/g, *k] -> [C_out, C_in/g, *k]`` (channels-last:
     ``[*k, C_in, C_out/g] -> [*k, C_in/g, C_out]``). A plain ``swapaxes`` is only
     right for ``groups == 1``; this is the step several peer libraries get wrong.
+    The same function is its own inverse's mirror: applied to ``[C_out, C_in/g, *k]``
+    it gives back ``[C_in, C_out/g, *k]``. NumPy in, NumPy out.
     """
-    g = spec.groups
-    cig, cog = spec.in_channels // g, spec.out_channels // g
-    k = spec.kernel_size
-    if spec.channels_last:
-        w = w.reshape(*k, g, cig, cog)
-        w = jnp.moveaxis(w, spec.ndim, spec.ndim + 1)  # [*k, cig, g, cog]
-        return w.reshape(*k, cig, g * cog)
-    w = w.reshape(g, cig, cog, *k).swapaxes(1, 2)  # [g, cog, cig, *k]
-    return w.reshape(g * cog, cig, *k)
+    xp = _xp(w)
+    g = groups
+    if channels_last:
+        *k, c_in, cog = w.shape
+        w = w.reshape(*k, g, c_in // g, cog)
+        w = xp.moveaxis(w, len(k), len(k) + 1)  # [*k, cig, g, cog]
+        return w.reshape(*k, c_in // g, g * cog)
+    c_in, cog, *k = w.shape
+    w = w.reshape(g, c_in // g, cog, *k).swapaxes(1, 2)  # [g, cog, cig, *k]
+    return w.reshape(g * cog, c_in // g, *k)
 
 
-def flipped_kernel(w: jax.Array, spec: ConvTransposeSpec) -> jax.Array:
+def flip_spatial(w, *, channels_last: bool = False):
+    """Reverse a weight's kernel axes."""
+    n = w.ndim - 2
+    axes = tuple(range(n)) if channels_last else tuple(range(2, n + 2))
+    return _xp(w).flip(w, axis=axes)
+
+
+def flipped_kernel(w, groups: int = 1, *, channels_last: bool = False):
     """The forward-conv kernel of the lhs-dilated form: swapped within groups, flipped."""
-    return jnp.flip(swap_in_out(w, spec), axis=kernel_spatial_axes(spec))
+    return flip_spatial(
+        swap_in_out(w, groups, channels_last=channels_last), channels_last=channels_last
+    )
 
 
-def act_to_channels_last(a: jax.Array, spec: ConvTransposeSpec) -> jax.Array:
+def act_to_channels_last(a, spec: ConvTransposeSpec):
     """A batched activation in spec's layout -> ``[N, *spatial, C]``."""
-    return a if spec.channels_last else jnp.moveaxis(a, 1, -1)
+    return a if spec.channels_last else _xp(a).moveaxis(a, 1, -1)
 
 
-def act_from_channels_last(a: jax.Array, spec: ConvTransposeSpec) -> jax.Array:
+def act_from_channels_last(a, spec: ConvTransposeSpec):
     """``[N, *spatial, C]`` -> spec's layout."""
-    return a if spec.channels_last else jnp.moveaxis(a, -1, 1)
+    return a if spec.channels_last else _xp(a).moveaxis(a, -1, 1)
 
 
-def weight_to_channels_last(w: jax.Array, spec: ConvTransposeSpec) -> jax.Array:
+def act_to_channels_first(a, spec: ConvTransposeSpec):
+    """A batched activation in spec's layout -> ``[N, C, *spatial]``."""
+    return _xp(a).moveaxis(a, -1, 1) if spec.channels_last else a
+
+
+def act_from_channels_first(a, spec: ConvTransposeSpec):
+    """``[N, C, *spatial]`` -> spec's layout."""
+    return _xp(a).moveaxis(a, 1, -1) if spec.channels_last else a
+
+
+def weight_to_channels_last(w, spec: ConvTransposeSpec):
     """A weight in spec's layout -> ``[*k, C_in, C_out/g]``."""
-    return w if spec.channels_last else jnp.moveaxis(w, (0, 1), (-2, -1))
+    return w if spec.channels_last else _xp(w).moveaxis(w, (0, 1), (-2, -1))
 
 
-def weight_from_channels_last(w: jax.Array, spec: ConvTransposeSpec) -> jax.Array:
+def weight_from_channels_last(w, spec: ConvTransposeSpec):
     """``[*k, C_in, C_out/g]`` -> spec's layout."""
-    return w if spec.channels_last else jnp.moveaxis(w, (-2, -1), (0, 1))
+    return w if spec.channels_last else _xp(w).moveaxis(w, (-2, -1), (0, 1))
 
 
-def weight_to_torch(w: jax.Array, spec: ConvTransposeSpec) -> jax.Array:
+def weight_to_torch(w, spec: ConvTransposeSpec):
     """A weight in spec's layout -> PyTorch's ``[C_in, C_out/g, *k]``."""
-    return jnp.moveaxis(w, (-2, -1), (0, 1)) if spec.channels_last else w
+    return _xp(w).moveaxis(w, (-2, -1), (0, 1)) if spec.channels_last else w
 
 
-def weight_from_torch(w: jax.Array, spec: ConvTransposeSpec) -> jax.Array:
+def weight_from_torch(w, spec: ConvTransposeSpec):
     """PyTorch's ``[C_in, C_out/g, *k]`` -> spec's layout."""
-    return jnp.moveaxis(w, (0, 1), (-2, -1)) if spec.channels_last else w
+    return _xp(w).moveaxis(w, (0, 1), (-2, -1)) if spec.channels_last else w
 
 
 def add_bias(y: jax.Array, bias, spec: ConvTransposeSpec) -> jax.Array:

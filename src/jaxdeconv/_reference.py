@@ -103,3 +103,11 @@ def numpy_conv_transpose(
     if channels_last:
         y = np.moveaxis(y, -n - 1, -1)
     return y
+
+
+def relative_error(y, ref) -> float:
+    """``max |y - ref| / max(1, max |ref|)`` in float64; ``inf`` for different shapes."""
+    y, ref = np.asarray(y, np.float64), np.asarray(ref, np.float64)
+    if y.shape != ref.shape:
+        return float("inf")
+    return float(np.max(np.abs(y - ref), initial=0.0) / max(1.0, np.max(np.abs(ref), initial=0.0)))

@@ -50,6 +50,7 @@ import jax
 import jax.numpy as jnp
 from jax.typing import ArrayLike
 
+from ._layout import flip_spatial, flipped_kernel
 from ._spec import _as_int
 
 __all__ = [
@@ -92,10 +93,6 @@ def _groups(groups, **channels: int) -> int:
         if n % g:
             raise ValueError(f"groups={g} must divide {what}={n}")
     return g
-
-
-def _spatial_flip(w: jax.Array, axes) -> jax.Array:
-    return jnp.flip(w, axis=tuple(axes))
 
 
 def _dense(w: jax.Array, groups: int) -> jax.Array:
@@ -158,7 +155,7 @@ def torch_to_lax(
     spatial = tuple(range(2, nd + 2))
     if transpose_kernel:
         return jnp.transpose(d, (*spatial, 1, 0))
-    return jnp.transpose(_spatial_flip(d, spatial), (*spatial, 0, 1))
+    return jnp.transpose(flip_spatial(d), (*spatial, 0, 1))
 
 
 def lax_to_torch(
@@ -182,7 +179,7 @@ def lax_to_torch(
     if transpose_kernel:
         d = jnp.transpose(k, (nd + 1, nd, *range(nd)))
     else:
-        d = _spatial_flip(jnp.transpose(k, (nd, nd + 1, *range(nd))), range(2, nd + 2))
+        d = flip_spatial(jnp.transpose(k, (nd, nd + 1, *range(nd))))
     g = _groups(groups, C_in=d.shape[0], C_out=d.shape[1])
     return _blocks(d, g)
 
@@ -240,11 +237,7 @@ def torch_to_equinox(weight: ArrayLike, *, groups: int = 1) -> jax.Array:
       True
     """
     w = _as_array("weight", weight)
-    c_in, c_out_g, *k = w.shape
-    g = _groups(groups, C_in=c_in)
-    w5 = w.reshape(g, c_in // g, c_out_g, *k)
-    e = jnp.swapaxes(w5, 1, 2).reshape(g * c_out_g, c_in // g, *k)
-    return _spatial_flip(e, range(2, e.ndim))
+    return flipped_kernel(w, _groups(groups, C_in=w.shape[0]))
 
 
 def equinox_to_torch(weight: ArrayLike, *, groups: int = 1) -> jax.Array:
@@ -258,11 +251,7 @@ def equinox_to_torch(weight: ArrayLike, *, groups: int = 1) -> jax.Array:
       ``[C_in, C_out / groups, *k]``.
     """
     e = _as_array("weight", weight)
-    c_out, c_in_g, *k = e.shape
-    g = _groups(groups, C_out=c_out)
-    e = _spatial_flip(e, range(2, e.ndim))
-    w5 = e.reshape(g, c_out // g, c_in_g, *k)
-    return jnp.swapaxes(w5, 1, 2).reshape(g * c_in_g, c_out // g, *k)
+    return flipped_kernel(e, _groups(groups, C_out=e.shape[0]))
 
 
 def torch_to_haiku(weight: ArrayLike, *, groups: int = 1) -> jax.Array:
@@ -285,7 +274,7 @@ def torch_to_haiku(weight: ArrayLike, *, groups: int = 1) -> jax.Array:
     g = _groups(groups, C_in=w.shape[0])
     d = _dense(w, g)
     spatial = tuple(range(2, d.ndim))
-    return jnp.transpose(_spatial_flip(d, spatial), (*spatial, 1, 0))
+    return jnp.transpose(flip_spatial(d), (*spatial, 1, 0))
 
 
 def haiku_to_torch(weight: ArrayLike, *, groups: int = 1) -> jax.Array:
@@ -295,7 +284,7 @@ def haiku_to_torch(weight: ArrayLike, *, groups: int = 1) -> jax.Array:
     """
     k = _as_array("weight", weight)
     nd = k.ndim - 2
-    d = _spatial_flip(jnp.transpose(k, (nd + 1, nd, *range(nd))), range(2, nd + 2))
+    d = flip_spatial(jnp.transpose(k, (nd + 1, nd, *range(nd))))
     g = _groups(groups, C_in=d.shape[0], C_out=d.shape[1])
     return _blocks(d, g)
 

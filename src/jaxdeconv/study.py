@@ -58,6 +58,8 @@ from jax import lax
 from jax.typing import ArrayLike
 
 from ._api import conv_transpose
+from ._layout import flipped_kernel
+from ._reference import relative_error
 from ._spec import (
     ConvTransposeSpec,
     IntOrSeq,
@@ -206,21 +208,6 @@ def _pad(a: np.ndarray, pads: Sequence[tuple[int, int]]) -> np.ndarray:
         slice(max(-lo, 0), a.shape[a.ndim - n + i] - max(-hi, 0)) for i, (lo, hi) in enumerate(pads)
     )
     return a[_spatial(a, n, crop)]
-
-
-def _flip_swap(w: np.ndarray, groups: int) -> np.ndarray:
-    """``[C_in, C_out/g, *k] -> [C_out, C_in/g, *k]`` swapped within groups, flipped."""
-    c_in, cog, *k = w.shape
-    cig = c_in // groups
-    swapped = w.reshape(groups, cig, cog, *k).swapaxes(1, 2).reshape(groups * cog, cig, *k)
-    return np.flip(swapped, axis=tuple(range(2, w.ndim))).copy()
-
-
-def _relative_error(y, ref) -> float:
-    y, ref = np.asarray(y, np.float64), np.asarray(ref, np.float64)
-    if y.shape != ref.shape:
-        return float("inf")
-    return float(np.max(np.abs(y - ref), initial=0.0) / max(1.0, np.max(np.abs(ref), initial=0.0)))
 
 
 # --------------------------------------------------------------------------- the matrix view
@@ -589,7 +576,7 @@ def check_matrix_statement(
             precision="highest",
         )
         results[m] = np.asarray(y[0] if unbatched else y)
-        errors[m] = _relative_error(y, ref)
+        errors[m] = relative_error(y, ref)
     return MatrixStatement(
         matrix=C,
         by_matrix=ref[0] if unbatched else ref,
@@ -721,7 +708,7 @@ def steps(
     zero_inserted = _insert_zeros(x, spec.stride)
     pads = spec.lhs_dilated_padding
     padded = _pad(zero_inserted, pads)
-    kernel = _flip_swap(w, g)
+    kernel = flipped_kernel(w, g)
     dilated = _insert_zeros(kernel, spec.dilation)
     k_eff = spec.effective_kernel_size
     spatial_axes = tuple(range(2, n + 2))

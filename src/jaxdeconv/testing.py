@@ -60,6 +60,13 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from ._layout import (
+    act_from_channels_first,
+    act_to_channels_first,
+    dimension_numbers,
+    weight_from_torch,
+    weight_to_torch,
+)
 from ._reference import numpy_conv_transpose
 from ._spec import ConvTransposeSpec
 from .formulations import FORMULATIONS
@@ -70,8 +77,6 @@ __all__ = [
     "check_formulations_agree",
     "check_transpose_pair",
     "forward_conv",
-    "jit_gradient_failure",
-    "jit_gradient_failures",
     "numpy_conv_transpose_vjp",
     "numpy_reference",
     "random_arrays",
@@ -208,19 +213,6 @@ def random_arrays(
     return tuple(a.astype(dt) for a in arrays)
 
 
-def _conv_dimension_numbers(spec: ConvTransposeSpec) -> lax.ConvDimensionNumbers:
-    # The torch weight [C_in, C_out/g, *k] read as a forward kernel from C_out to
-    # C_in: its O axis is C_in and its I axis C_out/g.
-    n = spec.ndim
-    if spec.channels_last:
-        act = (0, n + 1, *range(1, n + 1))
-        rhs = (n, n + 1, *range(n))
-    else:
-        act = (0, 1, *range(2, n + 2))
-        rhs = (0, 1, *range(2, n + 2))
-    return lax.ConvDimensionNumbers(lhs_spec=act, rhs_spec=rhs, out_spec=act)
-
-
 def forward_conv(
     y: jax.typing.ArrayLike,
     weight: jax.typing.ArrayLike,
@@ -257,7 +249,9 @@ def forward_conv(
         window_strides=spec.stride,
         padding=spec.crop,
         rhs_dilation=spec.dilation,
-        dimension_numbers=_conv_dimension_numbers(spec),
+        dimension_numbers=dimension_numbers(
+            spec.ndim, channels_last=spec.channels_last, kernel="torch"
+        ),
         feature_group_count=spec.groups,
         precision=precision,
         preferred_element_type=preferred_element_type,
@@ -265,23 +259,16 @@ def forward_conv(
 
 
 def _to_channels_first(spec: ConvTransposeSpec, x=None, w=None, y=None):
-    n = spec.ndim
+    """float64 NumPy copies of the given arrays in torch's layout."""
     out = []
-    for a, kind in ((x, "act"), (w, "w"), (y, "act")):
-        if a is None:
-            continue
-        a = np.asarray(a, dtype=np.float64)
-        if spec.channels_last:
-            a = np.moveaxis(a, -1, 1) if kind == "act" else np.moveaxis(a, (n, n + 1), (0, 1))
-        out.append(a)
+    for a, move in ((x, act_to_channels_first), (w, weight_to_torch), (y, act_to_channels_first)):
+        if a is not None:
+            out.append(move(np.asarray(a, dtype=np.float64), spec))
     return out
 
 
 def _from_channels_first(spec: ConvTransposeSpec, a, kind="act"):
-    if not spec.channels_last:
-        return a
-    n = spec.ndim
-    return np.moveaxis(a, 1, -1) if kind == "act" else np.moveaxis(a, (0, 1), (n, n + 1))
+    return (act_from_channels_first if kind == "act" else weight_from_torch)(a, spec)
 
 
 def numpy_reference(
@@ -617,75 +604,3 @@ def torch_reference(
     if channels_last:
         value = np.moveaxis(value, -n - 1, -1)
     return value, grads
-
-
-_PROBE = """
-import sys, jax, jax.numpy as jnp, jaxdeconv
-spec = jaxdeconv.make_spec((2, 2, 5), (2, 3, 3), stride=2, padding=1, output_padding=1)
-x, w, ct = jnp.ones((2, 2, 5)), jnp.ones((2, 3, 3)), jnp.ones(spec.output_shape)
-for method in sys.argv[1:]:
-    print("start", method, flush=True)
-    fn = jaxdeconv.FORMULATIONS[method]
-    def f(x, w):
-        return fn(x, w, spec)
-    def derivatives(x, w, ct):
-        def loss(x, w):
-            return jnp.sum(jax.grad(lambda x: jnp.sum(f(x, w) ** 2))(x))
-        return jax.vjp(f, x, w)[1](ct), jax.jvp(f, (x, w), (x, w))[1], jax.grad(loss, (0, 1))(x, w)
-    jax.block_until_ready(jax.jit(derivatives)(x, w, ct))
-    print("ok", method, flush=True)
-"""
-
-
-_PROBED: dict[str, str | None] = {}
-
-
-def jit_gradient_failure(method: str) -> str | None:
-    """Whether jitted derivatives of a registered formulation kill the process.
-
-    Some XLA bugs end in a failed CHECK that aborts the whole Python process
-    instead of raising, which would take a test run (or ``jaxdeconv verify``)
-    down with it. This runs ``jax.jit`` of the VJP, the JVP and a second
-    derivative of ``FORMULATIONS[method]`` on a tiny configuration in a fresh
-    interpreter. Results are cached per process; :func:`jit_gradient_failures`
-    probes several formulations in one interpreter.
-
-    Returns:
-      ``None`` when it works, else the tail of the failed process's output.
-    """
-    return jit_gradient_failures([method])[method]
-
-
-def jit_gradient_failures(methods=None) -> dict[str, str | None]:
-    """:func:`jit_gradient_failure` of several formulations (default: all registered).
-
-    The uncached ones are probed in one interpreter, a new one after each abort.
-    """
-    methods = list(FORMULATIONS if methods is None else methods)
-    todo = [m for m in methods if m not in _PROBED]
-    if todo:
-        _probe(todo)
-    return {m: _PROBED[m] for m in methods}
-
-
-def _probe(methods) -> None:
-    """One interpreter probes the methods in turn; after an abort, a new one goes on."""
-    import subprocess
-    import sys
-
-    todo = list(methods)
-    while todo:
-        proc = subprocess.run(
-            [sys.executable, "-c", _PROBE, *todo], capture_output=True, text=True, timeout=600
-        )
-        passed = [ln.split()[1] for ln in proc.stdout.splitlines() if ln.startswith("ok ")]
-        for m in passed:
-            _PROBED[m] = None
-        todo = [m for m in todo if m not in passed]
-        if proc.returncode == 0 or not todo:
-            continue
-        started = [ln.split()[1] for ln in proc.stdout.splitlines() if ln.startswith("start ")]
-        culprit = next((m for m in started if m in todo), todo[0])
-        lines = [ln for ln in proc.stderr.splitlines() if not ln.startswith("    @")]
-        _PROBED[culprit] = f"exit status {proc.returncode}: " + "\n".join(lines[-8:])
-        todo.remove(culprit)

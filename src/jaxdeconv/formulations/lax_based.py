@@ -123,7 +123,7 @@ def lhs_dilated(x, w, spec, *, precision=None, preferred_element_type=None):
     """
     return lax.conv_general_dilated(
         x,
-        flipped_kernel(w, spec),
+        flipped_kernel(w, spec.groups, channels_last=spec.channels_last),
         window_strides=(1,) * spec.ndim,
         padding=spec.lhs_dilated_padding,
         lhs_dilation=spec.stride,
@@ -170,7 +170,7 @@ def zero_insertion(x, w, spec, *, precision=None, preferred_element_type=None):
     crop = tuple(slice(max(-lo, 0), z.shape[ax] - max(-hi, 0)) for ax, (lo, hi) in zip(axes, pads))
     z = z[spatial_index(spec, crop)]
 
-    k = flipped_kernel(w, spec)
+    k = flipped_kernel(w, spec.groups, channels_last=spec.channels_last)
     taps = [(0, 0, 0)] * k.ndim
     for ax, d in zip(kernel_spatial_axes(spec), spec.dilation):
         taps[ax] = (0, 0, d - 1)

@@ -259,13 +259,6 @@ def _from_layout(case: Case, y):
     return np.moveaxis(y, -1, -len(case.kernel) - 1)
 
 
-def _jit_gradients_work(method: str) -> bool:
-    """False when jax.jit of the formulation's derivatives aborts XLA (probed in a subprocess)."""
-    from ..testing import jit_gradient_failure
-
-    return jit_gradient_failure(method) is None
-
-
 def _error(y, ref) -> float:
     if y.shape != ref.shape:
         return float("inf")
@@ -393,10 +386,7 @@ def run_case(
                 return conv_transpose(x_, w_, b_, method=method, **kwargs)
 
             err_rev = err_fwd = None
-            grad_note = ""
-            if jit and gradients and not _jit_gradients_work(method):
-                grad_note = "jit of its gradients aborts XLA (probed in a subprocess)"
-            if jit and gradients and not grad_note:
+            if jit and gradients:
                 ct, tx, tw, tb = tangents
 
                 def all_modes(x_, w_, b_, ct_, tx_, tw_, tb_, f=f):
@@ -431,7 +421,6 @@ def run_case(
                     err_torch=err_t,
                     err_rev=err_rev,
                     err_fwd=err_fwd,
-                    grad_note=grad_note,
                     ok=bool(errs) and max(errs) <= tol and grad_ok,
                 )
             )
@@ -465,7 +454,6 @@ NO_FORM = "no form"  # not applicable: torch has no form of this case
 JIT_ONLY = "jit only"  # gradients are checked in the jit rows
 VALUES = "values"  # gradients not checked for this configuration (values only)
 OFF = "off"  # gradients not checked: --no-gradients
-ABORT = "XLA abort"  # jax.jit of this formulation's gradients aborts XLA
 
 TORCH_HOWTO = (
     "To add the PyTorch comparison: pip install torch==2.13.0 (the CPU wheel), "
@@ -503,8 +491,6 @@ def _torch_cell(r, torch_installed: bool) -> str:
 
 
 def _grad_cells(r, gradients: bool) -> tuple[str, str]:
-    if r["grad_note"]:
-        return ABORT, ABORT
     if r["err_rev"] is not None:
         return _fmt(r["err_rev"]), _fmt(r["err_fwd"])
     if not gradients:
@@ -585,10 +571,6 @@ def main(argv=None) -> int:
         )
         print("\n".join(_wrap(line.strip(), indent="  ") if len(line) > WIDTH else [line]))
     cases = grid(args.quick)
-    if gradients:
-        from ..testing import jit_gradient_failures
-
-        jit_gradient_failures(args.method or list(FORMULATIONS))  # one subprocess, cached
     width = len(str(len(cases)))
     ids = {case.name: f"c{i:0{width}d}" for i, case in enumerate(cases, 1)}
     print()
@@ -642,7 +624,6 @@ def main(argv=None) -> int:
     )
     grad_rows = [r for r in rows if r["err_rev"] is not None]
     worst_grad = max((max(r["err_rev"], r["err_fwd"]) for r in grad_rows), default=0.0)
-    aborted = sorted({r["method"] for r in rows if r["grad_note"]})
     torch_rows = sum(r["err_torch"] is not None for r in rows)
     summary = (
         f"Summary: seed {sum(r['ok'] for r in seed_rows)}/{len(seed_rows)} exact; "
@@ -658,18 +639,6 @@ def main(argv=None) -> int:
     )
     print()
     print("\n".join(_wrap(summary, indent="")))
-    for method in aborted:
-        from ..testing import jit_gradient_failure
-
-        print(
-            "\n".join(
-                _wrap(
-                    f"FAIL {method}: jax.jit of its gradients aborts XLA: "
-                    f"{jit_gradient_failure(method)}",
-                    indent="",
-                )
-            )
-        )
     if not torch_installed:
         print(
             "\n".join(
