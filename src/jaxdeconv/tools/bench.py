@@ -845,6 +845,10 @@ COLUMNS = [
 """The columns of the full table (``bench.md``, section "Every variant")."""
 
 
+def _compile(r: dict[str, Any]) -> str:
+    return (">" if r.get("compile_timeout") else "") + _f(r.get("compile_s"))
+
+
 def _cell(r: dict[str, Any] | None) -> str:
     if r is None:
         return "n/a"
@@ -902,7 +906,7 @@ def markdown(data: dict[str, Any]) -> str:
                 _f(None if a.get("frac_xla_gemm") is None else 100 * a["frac_xla_gemm"], ".0f"),
                 _f(a.get("vs_torch")),
                 _f(a.get("vs_lax")),
-                f"{_f(a.get('compile_s'))}/{_f(lx.get('compile_s'))}",
+                f"{_compile(a)}/{_compile(lx)}",
                 f"{_mb(a.get('temp_bytes'))}/{_mb(lx.get('temp_bytes'))}",
                 *[_cell(_result(la, v, mode)) for v in others],
             ]
@@ -943,7 +947,7 @@ def markdown(data: dict[str, Any]) -> str:
                 _f(r.get("vs_lax")),
                 _f(None if r.get("frac_xla_gemm") is None else 100 * r["frac_xla_gemm"], ".0f"),
                 _f(None if r.get("frac_torch_gemm") is None else 100 * r["frac_torch_gemm"], ".0f"),
-                _f(r.get("compile_s")),
+                _compile(r),
                 _f(r.get("compile_vs_lax")),
                 _mb(r.get("temp_bytes")),
                 _f(r.get("temp_vs_lax")),
@@ -1110,7 +1114,7 @@ def _parser() -> argparse.ArgumentParser:
         help="timed seconds per variant and layer after which it skips further rounds",
     )
     p.add_argument(
-        "--threads", type=int, default=os.cpu_count(), help="torch threads (default: all cores)"
+        "--threads", type=int, default=os.cpu_count(), help="torch threads (os.cpu_count())"
     )
     p.add_argument("--no-plot", action="store_true", help="skip bench.png")
     p.add_argument("--list", action="store_true", help="print the layer table and exit")
