@@ -1,6 +1,6 @@
 """``jaxdeconv bench``: time transposed convolutions of real models' layers, every way.
 
-The suite (``SUITE``, 28 layers) is every transposed convolution of the DCGAN
+The suite (``SUITE``, 30 layers) is every transposed convolution of the DCGAN
 generator, HiFi-GAN V1's up-samplers, U-Net and 3-d U-Net decoders, FSRCNN, an
 ESPCN head, a VAE decoder, TensorFlow's MNIST DCGAN, FCN-8s, grouped, depthwise and
 dilated layers, batch 1 and large batch, and the 3-d kernel-16 stride-16 layer of
@@ -43,7 +43,17 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["LAYERS", "SUITE", "Layer", "main", "plan_label", "run", "targets"]
+__all__ = [
+    "LAYERS",
+    "SUITE",
+    "Layer",
+    "main",
+    "markdown",
+    "options",
+    "plan_label",
+    "run",
+    "targets",
+]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -998,8 +1008,11 @@ def plot(data: dict[str, Any], path: Path) -> None:
 # ----------------------------------------------------------------------------- driver
 
 
-def run(opts, log=print) -> dict[str, Any]:
-    """The whole benchmark for parsed options (see ``_parser``); returns the report data."""
+def run(opts, log=print, layers: list[Layer] | None = None) -> dict[str, Any]:
+    """The whole benchmark for options from :func:`options`; returns the report data.
+
+    ``layers``: these instead of ``opts.layers`` (``benchmarks/one_layer.py``).
+    """
     import jax
 
     load_start, load1 = _load()
@@ -1008,9 +1021,9 @@ def run(opts, log=print) -> dict[str, Any]:
         log(f"warning: 1-minute load {load1:.2f} > 1: timings will be noisy (ratios less so)")
     gemm = _gemm_gflops(opts.threads)
     log("GEMM 2048^3 float32: " + ", ".join(f"{k} {v:.1f} GF/s" for k, v in gemm.items()))
+    todo = layers if layers is not None else [{**SUITE, **LAYERS}[n] for n in opts.layers]
     layers = []
-    for name in opts.layers:
-        layer = {**SUITE, **LAYERS}[name]
+    for layer in todo:
         layer = layer.tiny() if opts.tiny else layer
         log(f"{layer.name}: {layer.source}: {layer.what}{' (tiny)' if opts.tiny else ''}")
         data = _bench_layer(layer, opts, log)
@@ -1059,6 +1072,15 @@ def run(opts, log=print) -> dict[str, Any]:
     return data
 
 
+class _Help(argparse.ArgumentDefaultsHelpFormatter):
+    """Defaults in the help, except for flags and options without one."""
+
+    def _get_help_string(self, action):
+        if action.default in (None, False):
+            return action.help
+        return super()._get_help_string(action)
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="jaxdeconv bench",
@@ -1068,7 +1090,7 @@ def _parser() -> argparse.ArgumentParser:
         + ". Older names: "
         + ", ".join(LAYERS)
         + ". Example: jaxdeconv bench --out benchmarks/results",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_Help,
     )
     p.add_argument(
         "--out",
@@ -1113,9 +1135,7 @@ def _parser() -> argparse.ArgumentParser:
         default=3.0,
         help="timed seconds per variant and layer after which it skips further rounds",
     )
-    p.add_argument(
-        "--threads", type=int, default=os.cpu_count(), help="torch threads (os.cpu_count())"
-    )
+    p.add_argument("--threads", type=int, default=os.cpu_count(), help="torch threads: all cores")
     p.add_argument("--no-plot", action="store_true", help="skip bench.png")
     p.add_argument("--list", action="store_true", help="print the layer table and exit")
     p.add_argument("--silent", action="store_true", help="print only where the files went")
@@ -1126,16 +1146,10 @@ def _split(s: str) -> list[str]:
     return [v.strip() for v in s.split(",") if v.strip()]
 
 
-def main(argv=None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["--worker"]:
-        return _worker_main()
+def options(argv: list[str]) -> argparse.Namespace | int:
+    """Parsed and checked options of ``jaxdeconv bench``, or an exit status."""
     opts = _parser().parse_args(argv)
     opts.argv = argv
-    if opts.list:
-        for layer in SUITE.values():
-            print(f"{layer.name:<22} {layer.source}: {layer.what}")
-        return 0
     if opts.quick:
         opts.layers = opts.layers if opts.layers != "all" else ",".join(QUICK)
         opts.rounds = 3 if "--rounds" not in argv else opts.rounds
@@ -1158,6 +1172,20 @@ def main(argv=None) -> int:
     if opts.rounds < 1:
         print("jaxdeconv bench: --rounds must be at least 1", file=sys.stderr)
         return 2
+    return opts
+
+
+def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["--worker"]:
+        return _worker_main()
+    opts = options(argv)
+    if isinstance(opts, int):
+        return opts
+    if opts.list:
+        for layer in SUITE.values():
+            print(f"{layer.name:<22} {layer.source}: {layer.what}")
+        return 0
     if opts.out is None:
         out = Path(tempfile.mkdtemp(prefix="jaxdeconv-bench-"))
         print(f"jaxdeconv bench: writing to {out} (choose with --out DIR)", flush=True)
