@@ -367,8 +367,10 @@ def _jax_variant(variant: str, layer: Layer, spec):
 
 
 def _warm_reps(call: Callable[[], Any], min_round_s: float) -> int:
-    """Warm-up (not timed): two calls; how many calls make one round's sample."""
-    call()
+    """How many calls make one round's sample, from one warm call (not kept).
+
+    The call that checked the result was the first (cold) one.
+    """
     t0 = time.perf_counter()
     call()
     t = time.perf_counter() - t0
@@ -442,7 +444,12 @@ def layer_worker(job: dict[str, Any], emit: Callable[[dict[str, Any]], None]) ->
                 continue
             emit({"event": "compiling", "variant": variant, "mode": mode})
             t0 = time.perf_counter()
-            compiled = jax.jit(fn).lower(*fargs).compile()
+            try:
+                compiled = jax.jit(fn).lower(*fargs).compile()
+            except Exception as e:  # a variant that cannot run this layer: say so, go on
+                msg = f"{type(e).__name__}: {' '.join(str(e).split())[:300]}"
+                emit(dict(event="entry", variant=variant, mode=mode, error=msg))
+                continue
             compile_s = time.perf_counter() - t0
             try:
                 temp = int(compiled.memory_analysis().temp_size_in_bytes)
@@ -593,7 +600,19 @@ def _run_isolated(job: dict[str, Any], opts, log) -> list[dict[str, Any]]:
                     error=msg,
                 )
             )
-            job = {**job, "exclude": [*job["exclude"], [compiling["variant"], compiling["mode"]]]}
+            exclude = [[compiling["variant"], compiling["mode"]]]
+            if compiling["mode"] == "fwd" and "fwd+bwd" in job["modes"]:
+                # its gradient compiles the same program and more: not tried
+                exclude.append([compiling["variant"], "fwd+bwd"])
+                failed.append(
+                    dict(
+                        event="entry",
+                        variant=compiling["variant"],
+                        mode="fwd+bwd",
+                        error=f"not tried: the forward {msg.split(';')[0][:80]}",
+                    )
+                )
+            job = {**job, "exclude": [*job["exclude"], *exclude]}
             if time.monotonic() < deadline:
                 continue
         note = (
@@ -1120,8 +1139,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--compile-timeout",
         type=float,
-        default=60.0,
-        help="seconds one variant may compile before it is abandoned",
+        default=30.0,
+        help="seconds one variant may compile before it is abandoned (its gradient too)",
     )
     p.add_argument(
         "--min-round-s",
