@@ -221,12 +221,21 @@ def _rel_err(got, ref) -> float:
     return float(np.max(np.abs(got - ref)) / max(np.max(np.abs(ref)), 1e-30))
 
 
+def _flipped(w, groups: int):
+    """Torch's ``[C_in, C_out/g, *k]`` weight as a forward conv's ``[C_out, C_in/g, *k]``
+    kernel, reversed in space (swapped within each group)."""
+    import jax.numpy as jnp
+
+    ci, cog, *k = w.shape
+    w = w.reshape(groups, ci // groups, cog, *k).swapaxes(1, 2)
+    return jnp.flip(w.reshape(groups * cog, ci // groups, *k), tuple(range(2, 2 + len(k))))
+
+
 def _lax_fn(spec):
     """What a JAX user writes: ``lax.conv_transpose(transpose_kernel=True)``; it has no
     ``groups``, so grouped layers get ``lax.conv_general_dilated`` with
     ``lhs_dilation`` and ``feature_group_count`` on the regrouped, flipped kernel."""
     import jax
-    import jax.numpy as jnp
 
     n = spec.ndim
     sp = "DHW"[-n:]
@@ -248,12 +257,9 @@ def _lax_fn(spec):
         return f
 
     def f(x, w):
-        ci, cog, *k = w.shape
-        w2 = w.reshape(g, ci // g, cog, *k).swapaxes(1, 2).reshape(g * cog, ci // g, *k)
-        w2 = jnp.flip(w2, tuple(range(2, 2 + n)))
         return jax.lax.conv_general_dilated(
             x,
-            w2,
+            _flipped(w, g),
             (1,) * n,
             spec.lhs_dilated_padding,
             lhs_dilation=spec.stride,
@@ -300,8 +306,6 @@ def _equinox_fn(layer: Layer, spec):
         return None
     import jax
 
-    from .._formulations import flipped_kernel
-
     mod = eqx.nn.ConvTranspose(
         spec.ndim,
         layer.in_channels,
@@ -319,7 +323,7 @@ def _equinox_fn(layer: Layer, spec):
     def f(x, kernel):
         return jax.vmap(eqx.tree_at(lambda m: m.weight, mod, kernel))(x)
 
-    return (lambda x, w: (x, flipped_kernel(w, spec))), f, (lambda y: y)
+    return (lambda x, w: (x, _flipped(w, layer.groups))), f, (lambda y: y)
 
 
 def _version(module: str) -> str:
@@ -351,7 +355,7 @@ def _torch_calls(layer: Layer, spec, x: np.ndarray, w: np.ndarray):
 
 def _jax_variant(variant: str, layer: Layer, spec):
     """(prep, f, post) in torch's layout, or None where the variant cannot run the layer."""
-    from .._api import conv_transpose
+    from .. import conv_transpose
 
     ident = lambda y: y  # noqa: E731
     pair = lambda x, w: (x, w)  # noqa: E731
@@ -403,8 +407,7 @@ def layer_worker(job: dict[str, Any], emit: Callable[[dict[str, Any]], None]) ->
         ref["fwd+bwd"] = tuple(t.numpy() for t in torch_calls["fwd+bwd"]())
         ref_name = "torch"
     except ImportError:
-        from .._api import conv_transpose
-        from .._reference import numpy_conv_transpose
+        from .. import conv_transpose, numpy_conv_transpose
 
         torch_calls = None
         ref = {"fwd": (numpy_conv_transpose(x, w, **layer.kwargs),)}
@@ -428,7 +431,8 @@ def layer_worker(job: dict[str, Any], emit: Callable[[dict[str, Any]], None]) ->
             continue
         fns = _jax_variant(variant, layer, spec)
         if fns is None:
-            emit({"event": "entry", "variant": variant, "mode": "fwd", "skip": "not available"})
+            why = "not installed" if _version(variant) == "not installed" else "no groups"
+            emit({"event": "entry", "variant": variant, "mode": "fwd", "skip": why})
             continue
         prep, f, post = fns
         args = prep(xj, wj)
