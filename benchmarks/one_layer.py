@@ -68,7 +68,7 @@ def main(argv=None):
     print(table)
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
-        (out / "bench.json").write_text(json.dumps(data, indent=1))
+        (out / "bench.json").write_text(json.dumps(bench._finite(data), indent=1))
         (out / "bench.md").write_text(table)
         print(f"wrote {out / 'bench.json'}, {out / 'bench.md'}")
     return 0

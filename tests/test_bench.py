@@ -115,3 +115,17 @@ def test_help_shows_defaults(capsys):
         _cli.main(["bench", "--help"])
     text = capsys.readouterr().out
     assert "(default: 7)" in text and "temporary" in text and "dcgan.up1" in text
+
+
+def test_a_compile_over_the_limit_costs_that_variant_only(tmp_path):
+    """The worker is stopped and restarted without it; its gradient is not tried."""
+    out = tmp_path / "out"
+    args = ["bench", *TINY, "--layers", "unet.up4", "--variants", "auto,torch", "--no-plot"]
+    assert _cli.main([*args, "--compile-timeout", "0.001", "--out", str(out)]) == 0
+    (layer,) = json.loads((out / "bench.json").read_text())["layers"]
+    auto = {r["mode"]: r for r in layer["results"] if r["variant"] == "auto"}
+    assert auto["fwd"]["compile_timeout"] and "did not finish" in auto["fwd"]["error"]
+    assert auto["fwd+bwd"]["error"].startswith("not tried")
+    assert all(r["ms"] > 0 for r in layer["results"] if r["variant"] == "torch")
+    md = (out / "bench.md").read_text()
+    assert "compile timeout" in md and "did not finish" in md

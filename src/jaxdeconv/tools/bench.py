@@ -1165,6 +1165,17 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _finite(obj):
+    """``obj`` with infinities and NaNs as strings: strict JSON."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return str(obj)
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    return obj
+
+
 def _split(s: str) -> list[str]:
     return [v.strip() for v in s.split(",") if v.strip()]
 
@@ -1217,7 +1228,7 @@ def main(argv=None) -> int:
         out.mkdir(parents=True, exist_ok=True)
     log = (lambda s: None) if opts.silent else (lambda s: print(s, flush=True))
     data = run(opts, log)
-    (out / "bench.json").write_text(json.dumps(data, indent=1))
+    (out / "bench.json").write_text(json.dumps(_finite(data), indent=1, allow_nan=False))
     table = markdown(data)
     (out / "bench.md").write_text(table)
     files = [out / "bench.json", out / "bench.md"]
