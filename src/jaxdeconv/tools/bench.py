@@ -556,8 +556,12 @@ def _run_isolated(job: dict[str, Any], opts, log) -> list[dict[str, Any]]:
         proc.stdin.close()
         lines: queue.Queue = queue.Queue()
         errtail: list[str] = []
-        threading.Thread(target=_pump, args=(proc.stdout, lines.put), daemon=True).start()
-        threading.Thread(target=_pump, args=(proc.stderr, errtail.append), daemon=True).start()
+        pumps = [
+            threading.Thread(target=_pump, args=(proc.stdout, lines.put), daemon=True),
+            threading.Thread(target=_pump, args=(proc.stderr, errtail.append), daemon=True),
+        ]
+        for pump in pumps:
+            pump.start()
         events: list[dict[str, Any]] = []
         compiling, since, why = None, time.monotonic(), None
         while True:
@@ -566,9 +570,12 @@ def _run_isolated(job: dict[str, Any], opts, log) -> list[dict[str, Any]]:
             try:
                 line = lines.get(timeout=max(0.0, min(limit - now, 1.0)))
             except queue.Empty:
-                if proc.poll() is not None and lines.empty():
-                    why = "died"
-                    break
+                if proc.poll() is not None:
+                    pumps[0].join(timeout=5)  # the last lines may still be in the pipe
+                    if lines.empty():
+                        why = "died"
+                        break
+                    continue
                 if time.monotonic() >= limit:
                     why = "timeout"
                     break
