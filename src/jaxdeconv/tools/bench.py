@@ -370,11 +370,15 @@ def _jax_variant(variant: str, layer: Layer, spec):
     raise ValueError(variant)
 
 
-def _warm_reps(call: Callable[[], Any], min_round_s: float) -> int:
+def _warm_reps(call: Callable[[], Any], min_round_s: float, first_s: float) -> int:
     """How many calls make one round's sample, from one warm call (not kept).
 
-    The call that checked the result was the first (cold) one.
+    The call that checked the result (``first_s`` seconds) was the first, cold one;
+    where it took over 0.5 s, the sample is that one call and no second warm-up is
+    spent on it.
     """
+    if first_s > max(0.5, min_round_s):
+        return 1
     t0 = time.perf_counter()
     call()
     t = time.perf_counter() - t0
@@ -403,8 +407,11 @@ def layer_worker(job: dict[str, Any], emit: Callable[[dict[str, Any]], None]) ->
 
         torch.set_num_threads(job["threads"])
         torch_calls = _torch_calls(layer, spec, x, w)
+        t0 = time.perf_counter()
         ref = {"fwd": (torch_calls["fwd"]().numpy(),)}
+        t1 = time.perf_counter()
         ref["fwd+bwd"] = tuple(t.numpy() for t in torch_calls["fwd+bwd"]())
+        torch_first = {"fwd": t1 - t0, "fwd+bwd": time.perf_counter() - t1}
         ref_name = "torch"
     except ImportError:
         from .. import conv_transpose, numpy_conv_transpose
@@ -426,7 +433,9 @@ def layer_worker(job: dict[str, Any], emit: Callable[[dict[str, Any]], None]) ->
                 continue
             for mode in job["modes"]:
                 calls[("torch", mode)] = torch_calls[mode]
-                reps[("torch", mode)] = _warm_reps(torch_calls[mode], job["min_round_s"])
+                reps[("torch", mode)] = _warm_reps(
+                    torch_calls[mode], job["min_round_s"], torch_first[mode]
+                )
                 emit({"event": "entry", "variant": "torch", "mode": mode, "max_rel_err": 0.0})
             continue
         fns = _jax_variant(variant, layer, spec)
@@ -459,7 +468,9 @@ def layer_worker(job: dict[str, Any], emit: Callable[[dict[str, Any]], None]) ->
                 temp = int(compiled.memory_analysis().temp_size_in_bytes)
             except Exception:  # not every backend reports it
                 temp = None
+            t0 = time.perf_counter()
             out = _block(compiled(*fargs))
+            first_s = time.perf_counter() - t0
             outs = out if isinstance(out, tuple) else (out,)
             err = max(_rel_err(o, r) for o, r in zip(outs, ref[mode]))
             entry = dict(
@@ -475,7 +486,7 @@ def layer_worker(job: dict[str, Any], emit: Callable[[dict[str, Any]], None]) ->
             else:
                 call = lambda c=compiled, a=fargs: _block(c(*a))  # noqa: E731
                 calls[(variant, mode)] = call
-                reps[(variant, mode)] = _warm_reps(call, job["min_round_s"])
+                reps[(variant, mode)] = _warm_reps(call, job["min_round_s"], first_s)
             emit(entry)
 
     # Interleaved rounds: every variant once per round (its sample: `reps` calls),
@@ -487,7 +498,7 @@ def layer_worker(job: dict[str, Any], emit: Callable[[dict[str, Any]], None]) ->
     for r in range(job["rounds"]):
         shift = r % max(len(keys), 1)
         for k in keys[shift:] + keys[:shift]:
-            if rounds[k] and spent[k] > job["max_variant_s"]:
+            if rounds[k] and spent[k] >= job["max_variant_s"]:
                 continue  # slow variant: fewer rounds (counted in the report)
             for _ in range(reps[k]):
                 t0 = time.perf_counter()
@@ -890,12 +901,12 @@ def _compile(r: dict[str, Any]) -> str:
 
 
 def _cell(r: dict[str, Any] | None) -> str:
-    if r is None:
-        return "n/a"
-    if "skip" in r:
+    if r is None or "skip" in r:
         return "n/a"
     if "error" in r:
-        return "compile timeout" if r.get("compile_timeout") else "error"
+        if r.get("compile_timeout"):
+            return "compile timeout"
+        return next((w for w in ("wrong", "not tried") if r["error"].startswith(w)), "error")
     return f"{r['ms']:.2f}" if "ms" in r else "-"
 
 
@@ -1162,7 +1173,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--max-variant-s",
         type=float,
-        default=3.0,
+        default=2.0,
         help="timed seconds per variant and layer after which it skips further rounds",
     )
     p.add_argument("--threads", type=int, default=os.cpu_count(), help="torch threads: all cores")
