@@ -333,21 +333,35 @@ def _version(module: str) -> str:
         return "not installed"
 
 
+def _torch_device() -> str:
+    """torch's device: CUDA where JAX runs on a GPU and torch has CUDA, else the CPU."""
+    import jax
+    import torch
+
+    return "cuda" if jax.default_backend() == "gpu" and torch.cuda.is_available() else "cpu"
+
+
 def _torch_calls(layer: Layer, spec, x: np.ndarray, w: np.ndarray):
+    """torch's forward and forward+backward; each returns CPU tensors once finished."""
     import torch
 
     fn = getattr(torch.nn.functional, f"conv_transpose{spec.ndim}d")
-    xt, wt = torch.from_numpy(x), torch.from_numpy(w)
+    device = _torch_device()
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    xt, wt = torch.from_numpy(x).to(device), torch.from_numpy(w).to(device)
     xg, wg = xt.clone().requires_grad_(True), wt.clone().requires_grad_(True)
 
     def fwd():
         with torch.no_grad():
-            return fn(xt, wt, **layer.kwargs)
+            y = fn(xt, wt, **layer.kwargs)
+        sync()
+        return y
 
     def fwd_bwd():
         xg.grad = wg.grad = None
         y = fn(xg, wg, **layer.kwargs)
         (y * y).sum().backward()
+        sync()
         return xg.grad, wg.grad
 
     return {"fwd": fwd, "fwd+bwd": fwd_bwd}
@@ -408,9 +422,9 @@ def layer_worker(job: dict[str, Any], emit: Callable[[dict[str, Any]], None]) ->
         torch.set_num_threads(job["threads"])
         torch_calls = _torch_calls(layer, spec, x, w)
         t0 = time.perf_counter()
-        ref = {"fwd": (torch_calls["fwd"]().numpy(),)}
+        ref = {"fwd": (torch_calls["fwd"]().cpu().numpy(),)}
         t1 = time.perf_counter()
-        ref["fwd+bwd"] = tuple(t.numpy() for t in torch_calls["fwd+bwd"]())
+        ref["fwd+bwd"] = tuple(t.cpu().numpy() for t in torch_calls["fwd+bwd"]())
         torch_first = {"fwd": t1 - t0, "fwd+bwd": time.perf_counter() - t1}
         ref_name = "torch"
     except ImportError:
@@ -734,8 +748,10 @@ def _gemm_gflops(threads: int, reps: int = 5) -> dict[str, float]:
         import torch
 
         torch.set_num_threads(threads)
-        at = torch.from_numpy(a)
-        calls["torch"] = lambda: torch.mm(at, at)
+        device = _torch_device()
+        at = torch.from_numpy(a).to(device)
+        sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+        calls["torch"] = lambda: (torch.mm(at, at), sync())
     except ImportError:
         pass
     best = {k: math.inf for k in calls}
@@ -916,7 +932,8 @@ def markdown(data: dict[str, Any]) -> str:
         f"`{data['command']}`",
         "",
         f"float32; {data['machine']}; jax {data['jax']}, torch {data['torch']}; "
-        f"{data['rounds']} interleaved rounds, minimum kept; torch threads {data['threads']}. "
+        f"{data['rounds']} interleaved rounds, minimum kept; JAX on {data['backend']}, "
+        f"torch on {data['torch_device']} ({data['threads']} threads). "
         f"GEMM {GEMM_SIZE}^3 float32 in this run: XLA {_f(g.get('xla'), '.0f')} GF/s, "
         f"torch {_f(g.get('torch'), '.0f')} GF/s.",
         "",
@@ -1091,6 +1108,7 @@ def run(opts, log=print, layers: list[Layer] | None = None) -> dict[str, Any]:
         backend=jax.default_backend(),
         jax=jax.__version__,
         torch=_version("torch"),
+        torch_device=_torch_device() if _version("torch") != "not installed" else None,
         flax=_version("flax"),
         equinox=_version("equinox"),
         threads=opts.threads,
