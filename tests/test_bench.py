@@ -59,6 +59,7 @@ def test_tiny_run_writes_every_column_and_nothing_into_cwd(tmp_path, monkeypatch
     assert data["load_start"] and data["load_end"]
     for la in data["layers"]:
         assert la["plan"].startswith("phase") and la["reference"] == "torch"
+        assert 0 < la["gemm_gflops"]["xla"] <= data["gemm_gflops"]["xla"]
         got = {(r["variant"], r["mode"]) for r in la["results"]}
         assert got == {(v, m) for v in data["variants"] for m in ("fwd", "fwd+bwd")}
         for r in la["results"]:
