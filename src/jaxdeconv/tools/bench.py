@@ -1065,11 +1065,17 @@ def plot(data: dict[str, Any], path: Path) -> None:
     width = 0.8 / max(len(variants), 1)
     xs = np.arange(len(names))
     for ax, mode in zip(axes[:, 0], modes):
+        failed = []
         for i, v in enumerate(variants):
-            ys = [(_result(la, v, mode) or {}).get("vs_torch") or np.nan for la in data["layers"]]
-            ax.bar(xs + (i - (len(variants) - 1) / 2) * width, ys, width, label=v)
+            at = xs + (i - (len(variants) - 1) / 2) * width
+            rs = [_result(la, v, mode) or {} for la in data["layers"]]
+            ax.bar(at, [r.get("vs_torch") or np.nan for r in rs], width, label=v)
+            failed += [x for x, r in zip(at, rs) if "error" in r]
         ax.axhline(1.0, color="k", lw=0.8)
         ax.set_yscale("log")
+        if failed:  # no bar: did not compile in time, or wrong
+            bottom = ax.get_ylim()[0]
+            ax.plot(failed, [bottom * 1.15] * len(failed), "rx", ms=5, label="_nolegend_")
         ax.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}x"))
         ax.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax.set_xticks(xs)
@@ -1078,8 +1084,11 @@ def plot(data: dict[str, Any], path: Path) -> None:
         ax.set_ylabel("speed-up over torch (log)")
         ax.set_title("forward" if mode == "fwd" else "forward + backward")
     handles, labels = axes[0, 0].get_legend_handles_labels()
-    fig.tight_layout(rect=(0, 0.06, 1, 1))
-    fig.legend(handles, labels, loc="lower center", ncol=len(variants), frameon=False)
+    if any("error" in r for la in data["layers"] for r in la["results"]):
+        handles.append(plt.Line2D([], [], color="r", marker="x", ls=""))
+        labels.append("no result (compile timeout, error)")
+    fig.tight_layout(rect=(0, 0.45 / fig.get_figheight(), 1, 1))
+    fig.legend(handles, labels, loc="lower center", ncol=len(handles), frameon=False)
     fig.savefig(path, dpi=100)
     plt.close(fig)
 
