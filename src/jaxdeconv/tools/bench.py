@@ -953,9 +953,14 @@ def markdown(data: dict[str, Any]) -> str:
         f"`{data['command']}`",
         "",
         f"float32; {data['machine']}; jax {data['jax']}, torch {data['torch']}; "
-        f"{data['rounds']} interleaved rounds, minimum kept; JAX on {data['backend']}, "
-        f"torch on {data['torch_device']} ({data['threads']} threads). "
-        f"GEMM {GEMM_SIZE}^3 float32 in this run: XLA {_f(g.get('xla'), '.0f')} GF/s, "
+        f"{data['rounds']} interleaved rounds, minimum kept; JAX on {data['backend']}"
+        + (
+            f", torch on {data['torch_device']} ({data['threads']} threads). "
+            if data["torch_device"]
+            else " (no torch: results checked against the NumPy definition). "
+        )
+        + f"GEMM {GEMM_SIZE}^3 float32, best in this run (start, end, every layer): "
+        f"XLA {_f(g.get('xla'), '.0f')} GF/s, "
         f"torch {_f(g.get('torch'), '.0f')} GF/s.",
         "",
         f"Load at start: `{data['load_start']}`; at end: `{data['load_end']}`."
