@@ -1,62 +1,132 @@
-"""``jaxdeconv bench`` on a tiny configuration writes its JSON, markdown and PNG (no timings)."""
+"""``jaxdeconv bench``: the layer table, and a tiny run's files (no timings are judged)."""
 
 import json
+import sys
 
+import pytest
+
+from jaxdeconv import make_spec
 from jaxdeconv.tools import bench as _bench
 from jaxdeconv.tools import cli as _cli
 
+TINY = ["--tiny", "--rounds", "1", "--min-round-s", "0", "--silent"]
 
-def test_bench_writes_json_markdown_and_png(tmp_path):
-    out = tmp_path / "bench"
-    status = _cli.main(
-        [
-            "bench",
-            "--tiny",
-            "--layers",
-            "dcgan,depthwise",
-            "--methods",
-            "auto,phase",
-            "--baselines",
-            "lax,torch",
-            "--reps",
-            "1",
-            "--min-time",
-            "0",
-            "--out",
-            str(out),
-            "--silent",
-        ]
-    )
-    assert status == 0
+
+def test_suite_has_25_real_layers_with_valid_configs():
+    assert len(_bench.SUITE) >= 25
+    names = [layer.name for layer in _bench.SUITE.values()]
+    assert len(set(names)) == len(names) == len(_bench.SUITE)
+    assert not set(_bench.SUITE) & set(_bench.LAYERS)  # --layers takes either
+    for layer in _bench.SUITE.values():
+        assert layer.source and layer.what
+        n = len(layer.size)
+        spec = make_spec(
+            (layer.batch, layer.in_channels, *layer.size),
+            (layer.in_channels, layer.out_channels // layer.groups, *(layer.kernel,) * n),
+            layer.stride,
+            layer.padding,
+            layer.output_padding,
+            layer.groups,
+            layer.dilation,
+        )
+        assert spec == layer.spec() and spec.flops < 2e9, layer.name  # minutes, not hours
+        assert layer.tiny().spec().flops > 0
+    sources = " ".join(layer.source for layer in _bench.SUITE.values())
+    for model in ("DCGAN", "HiFi-GAN", "U-Net", "3-d U-Net", "FSRCNN", "ESPCN", "VAE"):
+        assert model in sources
+    kinds = _bench.SUITE.values()
+    assert any(la.groups == la.in_channels > 1 for la in kinds)  # depthwise
+    assert any(1 < la.groups < la.in_channels for la in kinds)  # grouped
+    assert any(la.dilation > 1 for la in kinds)
+    assert any(la.batch == 1 for la in kinds) and any(la.batch >= 256 for la in kinds)
+    assert _bench.SUITE["torchtest.3d_k16s16"].kernel == 16
+    assert set(_bench.QUICK) <= set(_bench.SUITE)
+
+
+def test_tiny_run_writes_every_column_and_nothing_into_cwd(tmp_path, monkeypatch, capsys):
+    """Worker processes (the default), output in --out; the cwd stays empty."""
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    out = tmp_path / "out"
+    args = ["bench", *TINY, "--layers", "dcgan.up1,grouped.g4", "--out", str(out)]
+    assert _cli.main([*args, "--variants", "auto,phase,lax,torch"]) == 0
+    assert list(cwd.iterdir()) == []
     data = json.loads((out / "bench.json").read_text())
-    assert [layer["name"] for layer in data["layers"]] == ["dcgan", "depthwise"]
-    assert all(layer["auto"] == "phase" for layer in data["layers"])
-    # the tiny layers have 2 input channels: GEMM lowering, gradients via channels-last;
-    # the tiny depthwise layer is grouped (groups = 2): the convolution lowering
-    lowerings = {layer["name"]: layer["lowering"] for layer in data["layers"]}
-    assert lowerings == {
-        "dcgan": "phase: GEMM+col2im, im2col GEMM grads via NHWC",
-        "depthwise": "phase: phase convs, conv grads",
-    }
-    impls = {(r["impl"], r["mode"]) for r in data["layers"][0]["results"]}
-    assert {
-        ("jaxdeconv:auto(phase)", "fwd"),
-        ("jaxdeconv:phase", "fwd+bwd"),
-        ("lax.conv_transpose", "fwd+bwd"),
-        ("torch", "fwd"),
-    } <= impls
-    # lax has no groups: the depthwise layer has no lax row.
-    assert not any(r["impl"] == "lax.conv_transpose" for r in data["layers"][1]["results"])
-    for layer in data["layers"]:
-        for r in layer["results"]:
-            assert "error" not in r
-            assert r["median_ms"] > 0 and r["max_rel_err"] <= _bench.TOLERANCE
-    assert set(data["summary"]) >= {"fwd", "fwd+bwd", "compute_bound_fwd_frac_gemm"}
+    assert [la["name"] for la in data["layers"]] == ["dcgan.up1", "grouped.g4"]
+    assert data["variants"] == ["auto", "phase", "lax", "torch"]
+    assert set(data["gemm_gflops"]) == {"xla", "torch"}
+    assert data["load_start"] and data["load_end"]
+    for la in data["layers"]:
+        assert la["plan"].startswith("phase") and la["reference"] == "torch"
+        assert 0 < la["gemm_gflops"]["xla"] <= data["gemm_gflops"]["xla"]
+        got = {(r["variant"], r["mode"]) for r in la["results"]}
+        assert got == {(v, m) for v in data["variants"] for m in ("fwd", "fwd+bwd")}
+        for r in la["results"]:
+            assert "error" not in r and r["max_rel_err"] <= _bench.TOLERANCE
+            assert r["ms"] > 0 and r["rounds"] == 1 and r["vs_torch"] > 0 and r["vs_lax"] > 0
+            assert r["frac_xla_gemm"] > 0 and r["frac_torch_gemm"] > 0
+            if r["variant"] != "torch":
+                assert r["compile_s"] > 0 and r["temp_bytes"] >= 0
+                assert r["compile_vs_lax"] > 0 and r["temp_vs_lax"] is not None
+    assert set(data["summary"]) == {"fwd", "fwd+bwd"}
+    targets = {t["target"]: t["holds"] for t in data["targets"]}
+    assert len(targets) == 10 and targets["compile time < 5 s on torchtest.3d_k16s16"] is None
     md = (out / "bench.md").read_text()
-    assert "jaxdeconv bench" in md and "| layer |" in md and "Targets" in md
+    for column in _bench.COLUMNS:
+        assert f" {column} |" in md, column
+    assert "Load at start" in md and "Issue 13's targets" in md and "Geomean" in md
+    assert md.startswith("`jaxdeconv bench --tiny")
     assert (out / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "wrote" in capsys.readouterr().out
 
 
-def test_bench_rejects_unknown_layer(capsys):
-    assert _cli.main(["bench", "--layers", "nope"]) == 2
-    assert "nope" in capsys.readouterr().err
+def test_default_out_is_a_new_temporary_directory_and_no_matplotlib_is_fine(
+    tmp_path, monkeypatch, capsys
+):
+    """In-process (--timeout 0); matplotlib hidden: no PNG, one line says how to get it."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib -> ImportError
+    monkeypatch.setattr(_bench.tempfile, "tempdir", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    args = ["bench", *TINY, "--timeout", "0", "--layers", "hifigan.up1", "--modes", "fwd"]
+    assert _cli.main([*args, "--variants", "auto,lax"]) == 0
+    printed = capsys.readouterr().out
+    assert "plot skipped" in printed and "pip install 'jaxdeconv[plot]'" in printed
+    assert "Traceback" not in printed
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tmp"]  # nothing in the cwd
+    (out,) = (tmp_path / "tmp").iterdir()
+    assert out.name.startswith("jaxdeconv-bench-") and str(out) in printed
+    assert sorted(p.name for p in out.iterdir()) == ["bench.json", "bench.md"]
+    data = json.loads((out / "bench.json").read_text())
+    assert data["modes"] == ["fwd"] and data["layers"][0]["results"][0]["ms"] > 0
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["--layers", "nope"], ["--variants", "auto,nope"], ["--modes", "back"], ["--rounds", "0"]],
+)
+def test_bad_options_are_refused(args, capsys):
+    assert _cli.main(["bench", *args]) == 2
+    assert "jaxdeconv bench:" in capsys.readouterr().err
+
+
+def test_help_shows_defaults(capsys):
+    with pytest.raises(SystemExit):
+        _cli.main(["bench", "--help"])
+    text = capsys.readouterr().out
+    assert "(default: 7)" in text and "temporary" in text and "dcgan.up1" in text
+
+
+def test_a_compile_over_the_limit_costs_that_variant_only(tmp_path):
+    """The worker is stopped and restarted without it; its gradient is not tried."""
+    out = tmp_path / "out"
+    args = ["bench", *TINY, "--layers", "unet.up4", "--variants", "auto,torch", "--no-plot"]
+    assert _cli.main([*args, "--compile-timeout", "0.001", "--out", str(out)]) == 0
+    (layer,) = json.loads((out / "bench.json").read_text())["layers"]
+    auto = {r["mode"]: r for r in layer["results"] if r["variant"] == "auto"}
+    assert auto["fwd"]["compile_timeout"] and "did not finish" in auto["fwd"]["error"]
+    assert auto["fwd+bwd"]["error"].startswith("not tried")
+    assert all(r["ms"] > 0 for r in layer["results"] if r["variant"] == "torch")
+    md = (out / "bench.md").read_text()
+    assert "compile timeout" in md and "did not finish" in md
