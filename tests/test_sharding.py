@@ -3,8 +3,8 @@
 Two checks per case: the sharded result equals the single-device definition, and
 the compiled program (``jax.jit(f).lower(...).compile().as_text()``) moves no
 whole activation: with batch or spatial sharding only ``collective-permute``
-(halo exchange) may appear. ``TABLE`` records what XLA's partitioner does with
-each registered formulation; it is the table quoted in the README.
+(halo exchange) may appear, for every registered formulation and ``"auto"``,
+grouped or not, in 1-3 d (``WANTED``, the table quoted in the README).
 """
 
 from __future__ import annotations
@@ -29,40 +29,14 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 KW = dict(stride=2, padding=1, output_padding=1)  # k=3: out = 2 * in on every axis
 SIZES = {1: (16,), 2: (16, 4), 3: (8, 2, 2)}
 
-# What XLA's partitioner emits, per formulation x sharding x grouped (checked below):
-# "none" = no collective, "halo" = collective-permute only, else the collectives that
-# move whole arrays (with "out_channels", the grouped cases gather the weight and
-# return the output replicated).
-TABLE = {
-    ("lhs_dilated", "batch", False): "none",
-    ("lhs_dilated", "spatial", False): "halo",
-    ("lhs_dilated", "out_channels", False): "none",
-    ("lhs_dilated", "batch", True): "all-gather",
-    ("lhs_dilated", "spatial", True): "all-gather",
-    ("lhs_dilated", "out_channels", True): "all-gather",
-    ("vjp", "batch", False): "none",
-    ("vjp", "spatial", False): "halo",
-    ("vjp", "out_channels", False): "none",
-    ("vjp", "batch", True): "all-gather",
-    ("vjp", "spatial", True): "all-gather",
-    ("vjp", "out_channels", True): "all-gather",
-    ("zero_insertion", "batch", False): "none",
-    ("zero_insertion", "spatial", False): "halo",
-    ("zero_insertion", "out_channels", False): "none",
-    ("zero_insertion", "batch", True): "all-gather",
-    ("zero_insertion", "spatial", True): "all-gather",
-    ("zero_insertion", "out_channels", True): "all-gather",
-    ("phase", "batch", False): "none",
-    # phase runs 3-d layers as 2-d convolutions with the leading taps folded into
-    # channels; the partitioner gathers those.
-    ("phase", "spatial", False): {1: "halo", 2: "halo", 3: "all-gather"},
-    ("phase", "out_channels", False): "none",
-    ("phase", "batch", True): "all-gather",
-    ("phase", "spatial", True): "all-gather",
-    ("phase", "out_channels", True): "all-gather",
-}
-# What the issue asks of every path users reach through "auto" and the sharding module.
+# What XLA's partitioner emits for every formulation and "auto", planned for a mesh
+# (grouped layers run group by group, "phase" on its convolution lowering, 3-d
+# unfolded): "none" = no collective, "halo" = collective-permute only. The one
+# exception: a weight sharded over C_out/groups of a grouped layer leaves each device
+# a strided set of output channels, and re-tiling them is an all-to-all. This is the
+# table quoted in the README.
 WANTED = {"batch": "none", "spatial": "halo", "out_channels": "none"}
+GROUPED_OUT_CHANNELS = "all-to-all"
 
 
 def test_eight_simulated_devices():
@@ -112,15 +86,10 @@ def _run_sharded(fn, mesh, sharding, x, w):
     return y, jds.collectives(compiled.as_text())
 
 
-def _expected(method: str, sharding: str, grouped: bool, ndim: int) -> str | None:
-    if method == "auto":
-        return WANTED[sharding]
-    if (method, sharding, grouped) in TABLE:
-        expected = TABLE[(method, sharding, grouped)]
-        return expected[ndim] if isinstance(expected, dict) else expected
-    # A formulation added after this table was written must at least keep the
-    # property PERF.md asks of new formulations (halos only for groups == 1).
-    return None if grouped or sharding == "out_channels" else WANTED[sharding]
+def _expected(sharding: str, grouped: bool) -> str:
+    if grouped and sharding == "out_channels":
+        return GROUPED_OUT_CHANNELS
+    return WANTED[sharding]
 
 
 def _cases():
@@ -135,18 +104,7 @@ def _cases():
 def _matrix():
     for method in (*_formulations.FORMULATIONS, "auto"):
         for sharding, groups, ndim in _cases():
-            marks = []
-            if method == "auto" and groups > 1 and sharding == "out_channels":
-                marks.append(
-                    pytest.mark.xfail(
-                        strict=True,
-                        reason="auto runs a grouped layer on several devices as one "
-                        "convolution per group (halo-only for batch and spatial sharding); "
-                        "a weight sharded over C_out/groups leaves each device a strided set "
-                        "of output channels, and re-tiling them is an all-to-all",
-                    )
-                )
-            yield pytest.param(method, sharding, groups, ndim, marks=marks)
+            yield method, sharding, groups, ndim
 
 
 @pytest.mark.parametrize("method, sharding, groups, ndim", list(_matrix()))
@@ -159,9 +117,7 @@ def test_conv_transpose_on_a_mesh(mesh, rng, method, sharding, groups, ndim):
     y, counts = _run_sharded(fn, mesh, sharding, x, w)
     ref = jaxdeconv.numpy_conv_transpose(x, w, groups=groups, **KW)
     np.testing.assert_allclose(np.asarray(y), ref, rtol=1e-4, atol=1e-4)
-    expected = _expected(method, sharding, groups > 1, ndim)
-    if expected is not None:
-        assert classify(counts) == expected, (method, sharding, groups, ndim, counts)
+    assert classify(counts) == _expected(sharding, groups > 1), (method, sharding, groups, ndim)
 
 
 @pytest.mark.parametrize("sharding, groups, ndim", list(_cases()))
@@ -174,12 +130,7 @@ def test_sharding_conv_transpose_keeps_halos_only(mesh, rng, sharding, groups, n
     y, counts = _run_sharded(fn, mesh, sharding, x, w)
     ref = jaxdeconv.numpy_conv_transpose(x, w, groups=groups, **KW)
     np.testing.assert_allclose(np.asarray(y), ref, rtol=1e-4, atol=1e-4)
-    if sharding == "out_channels" and groups > 1:
-        # Sharding the weight's C_out/groups axis gives each device a strided set of
-        # output channels; re-tiling them to contiguous blocks is an all-to-all.
-        assert classify(counts) == "all-to-all", counts
-    else:
-        assert classify(counts) == WANTED[sharding], counts
+    assert classify(counts) == _expected(sharding, groups > 1), counts
     if sharding == "out_channels":
         # model parallel: each device keeps a block of output channels
         assert y.sharding.spec[1] == "d", y.sharding
@@ -203,11 +154,12 @@ def test_partitioned_gradients(mesh, rng, method):
     """Training through the partitioner: what the gradient program moves (2-d, groups 1).
 
     Batch sharded: one all-reduce of the weight-sized gradient (data parallel).
-    Spatially sharded: for lhs_dilated, vjp and phase the weight gradient
-    all-gathers the input and the output cotangent, which is why
-    conv_transpose_spatial exists (its gradient swaps halos and all-reduces the
-    weight gradient only, see below); zero_insertion's gradient (a stride-1 conv
-    of the interior-padded input) partitions that way too: halos + all-reduce.
+    Spatially sharded: for lhs_dilated and vjp the weight gradient all-gathers the
+    input and the output cotangent, which is why conv_transpose_spatial exists (its
+    gradient swaps halos and all-reduces the weight gradient only, see below);
+    zero_insertion's gradient (a stride-1 conv of the interior-padded input) and
+    phase's (one dot per tap of strided views, on its convolution lowering)
+    partition that way too: halos + all-reduce.
     """
     x, w = _case(2, 1, rng)
 
@@ -215,7 +167,7 @@ def test_partitioned_gradients(mesh, rng, method):
         return jnp.sum(jds.conv_transpose(x, w, method=method, **KW) ** 2)
 
     want = jax.jit(jax.grad(loss, argnums=(0, 1)))(x, w)
-    spatial = "all-reduce" if method == "zero_insertion" else "all-gather"
+    spatial = "all-reduce" if method in ("zero_insertion", "phase") else "all-gather"
     for sharding, expected in (("batch", "all-reduce"), ("spatial", spatial)):
         xs, _ = _shardings(mesh, sharding, 2)
         xa = jax.device_put(x, xs)
@@ -239,10 +191,9 @@ def test_spatial_output_not_divisible_is_gathered(mesh, rng):
     assert classify(counts) == "all-gather", counts
 
 
-def test_halo_safe_list_matches_the_table():
-    for method in jds.HALO_SAFE:
-        for sharding in ("batch", "spatial"):
-            assert TABLE[(method, sharding, False)] == WANTED[sharding]
+def test_every_builtin_formulation_is_halo_safe():
+    """Planned for a mesh, every formulation partitions with halos only (the matrix above)."""
+    assert set(jds.HALO_SAFE) == set(jaxdeconv.FORMULATIONS)
 
 
 @pytest.mark.parametrize("channels_last", [False, True])
@@ -324,7 +275,7 @@ def test_conv_transpose_spatial_every_method(mesh2x4, rng):
     x = rng.standard_normal((2, 4, 16)).astype(np.float32)
     w = rng.standard_normal((4, 3, 4)).astype(np.float32)
     ref = jaxdeconv.numpy_conv_transpose(x, w, stride=2, padding=1, groups=2)
-    for method in jds.METHODS:
+    for method in ("auto", "per_group", *jaxdeconv.FORMULATIONS):
         y = jax.jit(
             lambda x, w, method=method: jds.conv_transpose_spatial(
                 x, w, stride=2, padding=1, groups=2, mesh=mesh2x4, spatial_axes="s", method=method

@@ -7,17 +7,17 @@ Two ways to run :func:`jaxdeconv.conv_transpose` over several devices:
   :func:`jax.jit`. XLA's SPMD partitioner then splits the work. Sharded by batch,
   no device talks to another; sharded along a spatial axis, neighbours swap thin
   halos (``collective-permute``); with the weight sharded over output channels,
-  each device computes its own channels. This holds for ``groups == 1`` with
-  the formulations in :data:`HALO_SAFE` (``"phase"`` keeps it in 1-d and 2-d
-  only: it runs 3-d layers as 2-d convolutions with taps folded into channels,
-  which the partitioner gathers). It fails for any
-  convolution with ``feature_group_count > 1`` (``groups > 1``): the
-  partitioner all-gathers the whole activation, batch included, and the weight
-  when it is sharded, and every registered formulation passes ``groups`` to XLA
-  that way. So :func:`jaxdeconv.conv_transpose` with ``method="auto"``, when
-  its arrays are placed on several devices, uses ``"lhs_dilated"`` and runs a
-  grouped layer through :func:`per_group`, one ungrouped convolution per group, which partitions
-  with halos only; :func:`conv_transpose` here does the same for every method.
+  each device computes its own channels. The planner (:func:`jaxdeconv.plan`)
+  keeps this true for every formulation when the arrays sit on several devices:
+  XLA's partitioner all-gathers any convolution with ``feature_group_count > 1``,
+  so grouped layers run as one ungrouped convolution per group (:func:`per_group`);
+  ``"phase"`` takes its convolution lowering (its GEMMs' flattened ``N * spatial``
+  axis would be gathered) and runs 3-d layers as 3-d convolutions (folding taps into
+  channels, as it does on one device, would be gathered); ``"auto"`` takes
+  ``"lhs_dilated"``. :func:`conv_transpose` here plans that way whatever
+  placement JAX lets it see. The one collective left: a grouped layer's weight
+  sharded over ``C_out / groups`` gives each device a strided set of output
+  channels, and re-tiling them is an all-to-all.
 
   Along a sharded spatial axis the *output* size must also divide by the
   number of devices; otherwise the partitioner returns it replicated, through
@@ -52,6 +52,7 @@ Examples:
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import re
 from collections.abc import Callable, Sequence
 
@@ -86,10 +87,11 @@ COLLECTIVES = (
 )
 """The collective operations :func:`collectives` counts, by their HLO names."""
 
-HALO_SAFE = ("lhs_dilated", "vjp", "zero_insertion")
-"""Formulations that XLA's partitioner splits with halo exchanges only (``groups == 1``).
+HALO_SAFE = ("lhs_dilated", "vjp", "zero_insertion", "phase")
+"""Formulations that XLA's partitioner splits with halo exchanges only when planned for a
+mesh (grouped layers included, run group by group).
 
-Checked by ``tests/test_sharding.py`` on batch and spatial sharding, 1-3 d.
+Checked by ``tests/test_sharding.py`` on batch, spatial and output-channel sharding, 1-3 d.
 """
 
 _COLLECTIVE_RE = re.compile(r"(?<![\w.%-])(" + "|".join(COLLECTIVES) + r")(?:-start)?\(")
@@ -158,6 +160,9 @@ def conv_transpose(*args, **kwargs) -> jax.Array:
       (2, 4, 13)
     """
     return _api.conv_transpose_on(*args, on_mesh=True, **kwargs)
+
+
+conv_transpose.__signature__ = inspect.signature(_api.conv_transpose)
 
 
 def _spatial_axes(spatial_axes, ndim: int) -> tuple[str | None, ...]:
