@@ -16,11 +16,7 @@ import numpy as np
 
 from ._api import _check_method, conv_transpose
 from ._init import channel_counts, init_conv_transpose
-from ._spec import _as_int, _as_tuple, _is_pair_sequence, make_spec
-
-# A spatial size large enough that every padding gives a positive output: used
-# only to let make_spec validate the layer's arguments at construction.
-_PROBE_SIZE = 1 << 20
+from ._spec import _as_int, _as_tuple, _is_pair_sequence, check_arguments
 
 
 @dataclasses.dataclass(frozen=True)
@@ -120,11 +116,7 @@ def make_config(
         weight_norm=bool(weight_norm),
         weight_norm_dim=_weight_norm_dim(weight_norm, weight_norm_dim, nd + 2),
     )
-    probe = (1, *([_PROBE_SIZE] * nd), in_channels) if channels_last else None
-    if probe is None:
-        probe = (1, in_channels, *([_PROBE_SIZE] * nd))
-    make_spec(
-        probe,
+    check_arguments(
         cfg.weight_shape,
         cfg.stride,
         cfg.padding,

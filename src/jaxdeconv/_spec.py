@@ -435,6 +435,80 @@ class ConvTransposeSpec:
         )
 
 
+def _check_output_padding(op_t, stride_t, dilation_t) -> None:
+    for o, s, d in zip(op_t, stride_t, dilation_t):
+        if o >= max(s, d):
+            raise ValueError(
+                f"output_padding={op_t} must be smaller than stride or dilation, got "
+                f"stride={stride_t}, dilation={dilation_t}"
+            )
+
+
+def _static_arguments(
+    weight_shape, stride, padding, output_padding, groups, dilation, channels_last
+):
+    """Validate what does not depend on the input: ``(groups, stride, dilation, op)``."""
+    ndim = len(weight_shape) - 2
+    if channels_last:
+        kernel, w_in, w_out = weight_shape[:-2], weight_shape[-2], weight_shape[-1]
+    else:
+        kernel, w_in, w_out = weight_shape[2:], weight_shape[0], weight_shape[1]
+    groups = _as_int("groups", groups, sequence_ok=False)
+    if groups < 1:
+        raise ValueError(f"groups={groups} must be a positive int")
+    if w_in % groups:
+        raise ValueError(f"groups={groups} must divide the input channels C_in={w_in}")
+    if any(k < 1 for k in kernel):
+        raise ValueError(f"kernel size {kernel} (weight.shape={weight_shape}) must be positive")
+    if w_out < 1 or w_in < 1:
+        raise ValueError(
+            f"channel counts must be positive, got C_in={w_in} and "
+            f"C_out/groups={w_out} (weight.shape={weight_shape})"
+        )
+    stride_t = _as_tuple("stride", stride, ndim)
+    dilation_t = _as_tuple("dilation", dilation, ndim)
+    op_t = _as_tuple("output_padding", output_padding, ndim)
+    if any(s < 1 for s in stride_t):
+        raise ValueError(f"stride={stride!r} must be positive")
+    if any(d < 1 for d in dilation_t):
+        raise ValueError(f"dilation={dilation!r} must be positive")
+    if any(o < 0 for o in op_t):
+        raise ValueError(f"output_padding={output_padding!r} must be non-negative")
+    resolve_padding(padding, (1,) * ndim, kernel, stride_t, dilation_t, op_t)  # its format
+    return groups, stride_t, dilation_t, op_t
+
+
+def check_arguments(
+    weight_shape: Sequence[int],
+    stride: IntOrSeq = 1,
+    padding: PaddingLike = 0,
+    output_padding: IntOrSeq = 0,
+    groups: int = 1,
+    dilation: IntOrSeq = 1,
+    *,
+    channels_last: bool = False,
+) -> None:
+    """Validate the arguments that do not depend on the input, as :func:`make_spec` does.
+
+    For layers, which know their weight but not yet their input. ``output_padding`` is
+    checked against ``stride`` and ``dilation``; the output size needs the input.
+
+    Raises:
+      ValueError, TypeError: naming the argument and the offending value.
+    """
+    weight_shape = tuple(int(s) for s in weight_shape)
+    if len(weight_shape) < 3:
+        raise ValueError(
+            f"weight must have shape [C_in, C_out/groups, *kernel] with at least one spatial "
+            f"dimension, got weight.shape={weight_shape}"
+        )
+    _check_static("channels_last", channels_last)
+    _, stride_t, dilation_t, op_t = _static_arguments(
+        weight_shape, stride, padding, output_padding, groups, dilation, channels_last
+    )
+    _check_output_padding(op_t, stride_t, dilation_t)
+
+
 def make_spec(
     input_shape: Sequence[int],
     weight_shape: Sequence[int],
@@ -482,9 +556,6 @@ def make_spec(
         batch, in_channels, in_size = input_shape[0], input_shape[1], input_shape[2:]
         kernel = weight_shape[2:]
         w_in, w_out = weight_shape[0], weight_shape[1]
-    groups = _as_int("groups", groups, sequence_ok=False)
-    if groups < 1:
-        raise ValueError(f"groups={groups} must be a positive int")
     if w_in != in_channels:
         layout = (
             "[*kernel, C_in, C_out/groups]" if channels_last else ("[C_in, C_out/groups, *kernel]")
@@ -493,28 +564,13 @@ def make_spec(
             f"input has {in_channels} channels but weight.shape={weight_shape} (layout "
             f"{layout}) expects C_in={w_in}"
         )
-    if in_channels % groups:
-        raise ValueError(f"groups={groups} must divide the input channels C_in={in_channels}")
-    if any(k < 1 for k in kernel):
-        raise ValueError(f"kernel size {kernel} (weight.shape={weight_shape}) must be positive")
     if any(s < 1 for s in in_size):
         raise ValueError(
             f"input spatial size {in_size} (input.shape={input_shape}) must be positive"
         )
-    if w_out < 1 or in_channels < 1:
-        raise ValueError(
-            f"channel counts must be positive, got C_in={in_channels} and "
-            f"C_out/groups={w_out} (weight.shape={weight_shape})"
-        )
-    stride_t = _as_tuple("stride", stride, ndim)
-    dilation_t = _as_tuple("dilation", dilation, ndim)
-    op_t = _as_tuple("output_padding", output_padding, ndim)
-    if any(s < 1 for s in stride_t):
-        raise ValueError(f"stride={stride!r} must be positive")
-    if any(d < 1 for d in dilation_t):
-        raise ValueError(f"dilation={dilation!r} must be positive")
-    if any(o < 0 for o in op_t):
-        raise ValueError(f"output_padding={output_padding!r} must be non-negative")
+    groups, stride_t, dilation_t, op_t = _static_arguments(
+        weight_shape, stride, padding, output_padding, groups, dilation, channels_last
+    )
     if output_size is not None:
         if any(op_t):
             raise ValueError(
@@ -522,12 +578,7 @@ def make_spec(
             )
         output_size = spatial_output_size(output_size, ndim, batched=True)
         op_t = output_padding_for_size(output_size, in_size, kernel, stride_t, padding, dilation_t)
-    for o, s, d in zip(op_t, stride_t, dilation_t):
-        if o >= max(s, d):
-            raise ValueError(
-                f"output_padding={op_t} must be smaller than stride or dilation, got "
-                f"stride={stride_t}, dilation={dilation_t}"
-            )
+    _check_output_padding(op_t, stride_t, dilation_t)
     crop = resolve_padding(padding, in_size, kernel, stride_t, dilation_t, op_t)
     out_size = tuple(
         (i - 1) * s + d * (k - 1) + 1 - lo - hi
