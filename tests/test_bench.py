@@ -9,6 +9,8 @@ from jaxdeconv import make_spec
 from jaxdeconv.tools import bench as _bench
 from jaxdeconv.tools import cli as _cli
 
+pytestmark = pytest.mark.slow  # subprocesses / whole programs: see pyproject markers
+
 TINY = ["--tiny", "--rounds", "1", "--min-round-s", "0", "--silent"]
 
 

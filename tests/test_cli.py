@@ -33,6 +33,7 @@ def _widths_ok(out: str) -> None:
     assert not wide, wide
 
 
+@pytest.mark.slow
 def test_verify_quick_passes_and_prints_rows(capsys):
     import torch  # noqa: F401  (the test requirements install it: the report then uses it)
 

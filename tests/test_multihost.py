@@ -21,6 +21,8 @@ import pytest
 
 import jaxdeconv.distributed as jdd
 
+pytestmark = pytest.mark.slow  # subprocesses / whole programs: see pyproject markers
+
 ROOT = Path(__file__).resolve().parents[1]
 WORKER = str(ROOT / "tests" / "multihost_worker.py")
 SRC = str(ROOT / "src")

@@ -14,6 +14,7 @@ derandomized. ``HYPOTHESIS_PROFILE=long`` runs 1000.
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from hypothesis import assume, given, note
 from hypothesis import strategies as st
 
@@ -124,6 +125,7 @@ def _check_values_and_gradients(methods, config, seed):
         testing.assert_close(out["vjp"], want_vjp, err_msg=f"{method}: VJP (dx, dw, db)")
 
 
+@pytest.mark.slow
 def test_every_formulation_on_random_configurations():
     _check_values_and_gradients(tuple(jaxdeconv.FORMULATIONS))
 

@@ -5,15 +5,12 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from cases import torch_conv_transpose
 
 import jaxdeconv
 from jaxdeconv import conv_transpose, conv_transpose_output_size
 
 METHODS = ["auto", *jaxdeconv.FORMULATIONS]
-
-
-def _torch2d(x, w, **kw):
-    return F.conv_transpose2d(torch.from_numpy(x), torch.from_numpy(w), **kw).numpy()
 
 
 def test_seed_worked_example_exact():
@@ -73,7 +70,7 @@ def test_haiku_never_flips_the_kernel(rng):
     x = rng.standard_normal((1, 1, 3, 3)).astype(np.float32)
     w = np.array([[[[1, 2], [0, 1]]]], np.float32)  # asymmetric: flipping matters
     y = conv_transpose(x, w)
-    np.testing.assert_allclose(y, _torch2d(x, w), rtol=1e-6)
+    np.testing.assert_allclose(y, torch_conv_transpose(x, w), rtol=1e-6)
     unflipped = jax.lax.conv_transpose(
         x,
         np.moveaxis(w, (0, 1), (-2, -1)),
@@ -91,7 +88,7 @@ def test_equinox_recipe_wrong_for_groups(rng, method):
     w = rng.standard_normal((6, 4, 3, 3)).astype(np.float32)  # C_in/g = 2, C_out/g = 4
     y = conv_transpose(x, w, stride=2, padding=1, groups=3, method=method, precision="highest")
     np.testing.assert_allclose(
-        y, _torch2d(x, w, stride=2, padding=1, groups=3), rtol=1e-5, atol=1e-5
+        y, torch_conv_transpose(x, w, stride=2, padding=1, groups=3), rtol=1e-5, atol=1e-5
     )
 
 
@@ -102,7 +99,7 @@ def test_equinox_rejects_output_padding_allowed_by_dilation(rng, method):
     w = rng.standard_normal((2, 2, 3, 3)).astype(np.float32)
     kw = dict(stride=2, dilation=3, output_padding=2)
     y = conv_transpose(x, w, method=method, precision="highest", **kw)
-    np.testing.assert_allclose(y, _torch2d(x, w, **kw), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(y, torch_conv_transpose(x, w, **kw), rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("method", METHODS)
@@ -113,7 +110,9 @@ def test_torchax_grouped_reshape(rng, method, c_in_per_group):
     x = rng.standard_normal((1, c_in_per_group * groups, 3, 3)).astype(np.float32)
     w = rng.standard_normal((c_in_per_group * groups, 3, 2, 2)).astype(np.float32)
     y = conv_transpose(x, w, stride=2, groups=groups, method=method, precision="highest")
-    np.testing.assert_allclose(y, _torch2d(x, w, stride=2, groups=groups), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        y, torch_conv_transpose(x, w, stride=2, groups=groups), rtol=1e-5, atol=1e-5
+    )
 
 
 @pytest.mark.parametrize("method", METHODS)
@@ -123,4 +122,4 @@ def test_padding_beyond_dilated_kernel_crops_like_torch(rng, method):
     w = rng.standard_normal((2, 2, 2, 3)).astype(np.float32)
     kw = dict(stride=3, padding=(3, 4))
     y = conv_transpose(x, w, method=method, precision="highest", **kw)
-    np.testing.assert_allclose(y, _torch2d(x, w, **kw), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(y, torch_conv_transpose(x, w, **kw), rtol=1e-5, atol=1e-5)

@@ -186,6 +186,7 @@ def _torch_expressible(padding):
 
 @FEW
 @given(configs(max_ndim=3))
+@pytest.mark.slow
 def test_every_view_equals_conv_transpose(cfg):
     """C.T @ x, the VJP, the hand-method steps, every formulation, NumPy and torch agree."""
     x, w, args, spec = cfg

@@ -4,82 +4,17 @@ import jax
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
+from cases import CASES, torch_conv_transpose
 
 import jaxdeconv
 from jaxdeconv import conv_transpose, numpy_conv_transpose
 
 METHODS = list(jaxdeconv.FORMULATIONS)  # method="auto" is tested on its own below
-TORCH_FN = {1: F.conv_transpose1d, 2: F.conv_transpose2d, 3: F.conv_transpose3d}
 TORCH_MODULE = {
     1: torch.nn.ConvTranspose1d,
     2: torch.nn.ConvTranspose2d,
     3: torch.nn.ConvTranspose3d,
 }
-
-# (id, input shape [N, C_in, *S], weight shape [C_in, C_out/g, *k], kwargs)
-CASES = [
-    ("1d k3 s2 p1 op1", (2, 3, 7), (3, 2, 3), dict(stride=2, padding=1, output_padding=1)),
-    ("1d vocoder k16 s8 p4", (1, 4, 6), (4, 3, 16), dict(stride=8, padding=4)),
-    ("1d dilated", (2, 2, 5), (2, 2, 3), dict(stride=2, dilation=3, output_padding=2)),
-    ("2d seed-like", (1, 1, 3, 3), (1, 1, 2, 2), dict()),
-    ("2d dcgan k4 s2 p1", (2, 4, 4, 5), (4, 3, 4, 4), dict(stride=2, padding=1)),
-    ("2d unet k2 s2", (2, 3, 5, 4), (3, 2, 2, 2), dict(stride=2)),
-    ("2d k3 s2 p1 op1", (1, 2, 5, 5), (2, 3, 3, 3), dict(stride=2, padding=1, output_padding=1)),
-    (
-        "2d per-dim args",
-        (2, 2, 4, 6),
-        (2, 2, 3, 2),
-        dict(stride=(2, 3), padding=(1, 0), output_padding=(1, 2), dilation=(1, 2)),
-    ),
-    ("2d groups cin/g>1 cout/g>1", (2, 6, 4, 4), (6, 4, 3, 3), dict(stride=2, padding=1, groups=3)),
-    ("2d depthwise", (1, 4, 5, 5), (4, 1, 3, 3), dict(stride=2, padding=1, groups=4)),
-    (
-        "2d dilation>stride op>=stride",
-        (1, 2, 4, 4),
-        (2, 2, 3, 3),
-        dict(stride=2, dilation=3, output_padding=2),
-    ),
-    ("2d stride>kernel", (2, 2, 3, 4), (2, 2, 2, 2), dict(stride=3)),
-    ("2d very large stride", (1, 1, 2, 3), (1, 2, 2, 1), dict(stride=(7, 5))),
-    ("2d padding>dilation*(k-1)", (1, 2, 6, 5), (2, 2, 2, 3), dict(stride=3, padding=(3, 4))),
-    (
-        "2d list-of-ints args",
-        (1, 2, 4, 4),
-        (2, 2, 3, 3),
-        dict(stride=[2, 1], padding=[1, 0], dilation=[1, 2]),
-    ),
-    (
-        "2d grouped dilated padded",
-        (2, 4, 3, 4),
-        (4, 3, 3, 2),
-        dict(stride=2, padding=2, output_padding=1, groups=2, dilation=2),
-    ),
-    (
-        "3d k3 s2 p1 op1",
-        (1, 2, 3, 3, 2),
-        (2, 2, 3, 3, 3),
-        dict(stride=2, padding=1, output_padding=1),
-    ),
-    ("3d k2 s2 groups", (2, 4, 2, 3, 2), (4, 1, 2, 2, 2), dict(stride=2, groups=2)),
-    (
-        "3d mixed",
-        (1, 2, 2, 3, 2),
-        (2, 3, 2, 3, 1),
-        dict(stride=(1, 2, 3), padding=(0, 1, 0), dilation=(2, 1, 1), output_padding=(1, 0, 2)),
-    ),
-]
-
-
-def _torch(x, w, b, **kw):
-    n = w.ndim - 2
-    with torch.no_grad():
-        return TORCH_FN[n](
-            torch.from_numpy(x),
-            torch.from_numpy(w),
-            None if b is None else torch.from_numpy(b),
-            **kw,
-        ).numpy()
 
 
 def _arrays(rng, x_shape, w_shape, groups=1, bias=True):
@@ -108,7 +43,7 @@ def _with_and_without_jit(cases):
 @pytest.mark.parametrize(("x_shape", "w_shape", "kw", "jit"), _with_and_without_jit(CASES))
 def test_matches_torch(rng, x_shape, w_shape, kw, method, jit):
     x, w, b = _arrays(rng, x_shape, w_shape, kw.get("groups", 1))
-    want = _torch(x, w, b, **kw)
+    want = torch_conv_transpose(x, w, b, **kw)
     got = np.asarray(_call(jit, x, w, b, method=method, precision="highest", **kw))
     assert got.shape == want.shape
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
@@ -120,7 +55,7 @@ def test_matches_torch(rng, x_shape, w_shape, kw, method, jit):
 def test_auto_matches_torch(rng, x_shape, w_shape, kw):
     x, w, b = _arrays(rng, x_shape, w_shape, kw.get("groups", 1))
     got = np.asarray(_call(True, x, w, b, precision="highest", **kw))
-    np.testing.assert_allclose(got, _torch(x, w, b, **kw), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(got, torch_conv_transpose(x, w, b, **kw), rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("method", METHODS)
@@ -129,7 +64,7 @@ def test_auto_matches_torch(rng, x_shape, w_shape, kw):
 )
 def test_channels_last_matches_torch(rng, x_shape, w_shape, kw, method):
     x, w, b = _arrays(rng, x_shape, w_shape, kw.get("groups", 1))
-    want = _torch(x, w, b, **kw)
+    want = torch_conv_transpose(x, w, b, **kw)
     n = w.ndim - 2
     x_cl = np.moveaxis(x, 1, -1)
     w_cl = np.moveaxis(w, (0, 1), (-2, -1))
@@ -144,7 +79,7 @@ def test_channels_last_matches_torch(rng, x_shape, w_shape, kw, method):
 @pytest.mark.parametrize("channels_last", [False, True])
 def test_unbatched_matches_torch(rng, method, channels_last):
     x, w, b = _arrays(rng, (3, 4, 5), (3, 2, 3, 2), bias=True)
-    want = _torch(x, w, b, stride=2, padding=1, output_padding=1)
+    want = torch_conv_transpose(x, w, b, stride=2, padding=1, output_padding=1)
     if channels_last:
         x, w = np.moveaxis(x, 0, -1), np.moveaxis(w, (0, 1), (-2, -1))
     got = np.asarray(
@@ -235,7 +170,10 @@ def test_numpy_definition_matches_torch(rng):
     for _, x_shape, w_shape, kw in CASES:
         x, w, b = _arrays(rng, x_shape, w_shape, kw.get("groups", 1))
         np.testing.assert_allclose(
-            numpy_conv_transpose(x, w, b, **kw), _torch(x, w, b, **kw), rtol=1e-5, atol=1e-5
+            numpy_conv_transpose(x, w, b, **kw),
+            torch_conv_transpose(x, w, b, **kw),
+            rtol=1e-5,
+            atol=1e-5,
         )
 
 

@@ -76,6 +76,7 @@ __all__ = [
     "SEED_INPUT",
     "SEED_KERNEL",
     "SEED_OUTPUT",
+    "SEED_OUTPUT_PADDING_1",
     "MatrixStatement",
     "PhaseView",
     "Steps",
@@ -97,6 +98,8 @@ SEED_KERNEL = ((1, 2), (0, 1))
 """The seed's kernel ``w``."""
 SEED_OUTPUT = ((4, 12, 11, 6), (0, 7, 14, 11), (2, 7, 11, 8), (0, 2, 3, 2))
 """``ConvTranspose2d(1, 1, 2, stride=1, padding=0)`` of the seed's ``x`` and ``w``."""
+SEED_OUTPUT_PADDING_1 = ((7, 14), (7, 11))
+"""The same with ``padding=1``: the centre of :data:`SEED_OUTPUT`."""
 
 
 def seed_example() -> tuple[np.ndarray, np.ndarray]:

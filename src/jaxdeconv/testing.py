@@ -561,8 +561,9 @@ def torch_reference(
     *,
     cotangent: Any = None,
     channels_last: bool = False,
+    dtype: Any = np.float64,
 ) -> tuple[np.ndarray, tuple[np.ndarray | None, ...] | None]:
-    """``torch.nn.functional.conv_transpose{1,2,3}d`` in float64, and its autograd VJP.
+    """``torch.nn.functional.conv_transpose{1,2,3}d`` (float64 unless ``dtype``), and its VJP.
 
     PyTorch is imported here, lazily: it is a test oracle, never a runtime need.
     Arguments are PyTorch's (integer or per-dimension ``padding`` only), layouts
@@ -576,25 +577,31 @@ def torch_reference(
     import torch
     import torch.nn.functional as F
 
-    w = np.asarray(weight, np.float64)
+    def tensor(a, grad=cotangent is not None):
+        t = torch.from_numpy(np.array(a, dtype=np.float32 if low else dt))
+        t = t.to(getattr(torch, dt.name)) if low else t
+        return t.requires_grad_(grad)
+
+    dt = np.dtype(dtype)
+    low = dt.name in ("bfloat16",)  # NumPy has no native bfloat16: go through float32
+    w = np.asarray(weight, np.float32 if low else dt)
     n = w.ndim - 2
-    x = np.asarray(input, np.float64)
+    x = np.asarray(input, np.float32 if low else dt)
     if channels_last:
         x = np.moveaxis(x, -1, -n - 1)
         w = np.moveaxis(w, (n, n + 1), (0, 1))
-    xt = torch.tensor(x, requires_grad=True)
-    wt = torch.tensor(w, requires_grad=True)
-    bt = None if bias is None else torch.tensor(np.asarray(bias, np.float64), requires_grad=True)
+    xt, wt = tensor(x), tensor(w)
+    bt = None if bias is None else tensor(bias)
     fn = {1: F.conv_transpose1d, 2: F.conv_transpose2d, 3: F.conv_transpose3d}[n]
     y = fn(xt, wt, bt, stride, padding, output_padding, groups, dilation)
-    value = y.detach().numpy()
+    value = y.detach().float().numpy() if low else y.detach().numpy()
     grads = None
     if cotangent is not None:
-        ct = np.asarray(cotangent, np.float64)
+        ct = np.asarray(cotangent, np.float32 if low else dt)
         if channels_last:
             ct = np.moveaxis(ct, -1, -n - 1)
         leaves = [t for t in (xt, wt, bt) if t is not None]
-        got = torch.autograd.grad(y, leaves, torch.tensor(ct))
+        got = [g.float() if low else g for g in torch.autograd.grad(y, leaves, tensor(ct, False))]
         dx, dw = got[0].numpy(), got[1].numpy()
         db = got[2].numpy() if bt is not None else None
         if channels_last:

@@ -24,6 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .. import study
 from .._api import conv_transpose
 from .._reference import numpy_conv_transpose
 from ..formulations import FORMULATIONS
@@ -33,12 +34,9 @@ __all__ = ["Case", "grid", "main", "run_case"]
 # Errors are max|y - ref| / max(1, max|ref|), computed at precision="highest".
 TOLERANCE = {"float32": 1e-5, "float64": 1e-12}
 
-SEED_X = [[4.0, 4.0, 3.0], [0.0, 3.0, 4.0], [2.0, 3.0, 2.0]]
-SEED_W = [[1.0, 2.0], [0.0, 1.0]]
-SEED_RESULTS = {
-    0: [[4, 12, 11, 6], [0, 7, 14, 11], [2, 7, 11, 8], [0, 2, 3, 2]],
-    1: [[7, 14], [7, 11]],
-}
+SEED_X = study.SEED_INPUT
+SEED_W = study.SEED_KERNEL
+SEED_RESULTS = {0: study.SEED_OUTPUT, 1: study.SEED_OUTPUT_PADDING_1}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -429,8 +427,8 @@ def run_case(
 
 def check_seed() -> list[dict]:
     """The seed's two results, exactly, from every formulation."""
-    x = jnp.asarray([[SEED_X]])
-    w = jnp.asarray([[SEED_W]])
+    x = jnp.asarray([[SEED_X]], jnp.float32)
+    w = jnp.asarray([[SEED_W]], jnp.float32)
     rows = []
     for padding, want in SEED_RESULTS.items():
         for method in FORMULATIONS:
