@@ -6,6 +6,7 @@ cases"), the test asserts both sides, so a change in torch shows up here.
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -405,3 +406,28 @@ def test_bfloat16_keeps_the_float32_range_like_torch():
         )
         assert y.dtype == jnp.bfloat16
         np.testing.assert_array_equal(np.asarray(y, np.float32), ref, err_msg=method)
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, pattern",
+    [
+        (dict(precision="ultra"), ValueError, r"precision='ultra' must be None, a jax.lax"),
+        (dict(precision=("highest", "x")), ValueError, r"precision=\('highest', 'x'\)"),
+        (dict(preferred_element_type=jnp.int32), TypeError, r"preferred_element_type=.*int32"),
+        (dict(preferred_element_type="complex64"), TypeError, r"must be a floating dtype"),
+        (dict(preferred_element_type="nope"), TypeError, r"preferred_element_type='nope'"),
+    ],
+)
+def test_precision_and_preferred_element_type_are_validated(kwargs, error, pattern):
+    """Both reach lax only once checked: one-line errors naming the argument (issue 15)."""
+    x, w = np.ones((1, 2, 3), np.float32), np.ones((2, 1, 2), np.float32)
+    for method in METHODS:
+        with pytest.raises(error, match=pattern):
+            conv_transpose(x, w, method=method, **kwargs)
+
+
+def test_valid_precisions_pass_through():
+    x, w = np.ones((1, 2, 3), np.float32), np.ones((2, 1, 2), np.float32)
+    for precision in (None, "highest", jax.lax.Precision.HIGH, ("default", "highest")):
+        y = conv_transpose(x, w, precision=precision, preferred_element_type=np.float32)
+        np.testing.assert_array_equal(y, [[[2.0, 4.0, 4.0, 2.0]]])  # two input channels
