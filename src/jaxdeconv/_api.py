@@ -19,6 +19,7 @@ from ._spec import (
     IntOrSeq,
     PaddingLike,
     _check_static,
+    as_array,
     make_spec,
     spatial_output_size,
 )
@@ -28,13 +29,8 @@ __all__ = ["conv_transpose", "conv_transpose1d", "conv_transpose2d", "conv_trans
 
 def _check_array(name: str, value) -> jax.Array | jax.ShapeDtypeStruct:
     """An array (or a ``jax.ShapeDtypeStruct``, for planning) of a floating dtype."""
-    if isinstance(value, (str, bytes)) or value is None:
-        raise TypeError(f"{name} must be an array, got {value!r}")
     if not isinstance(value, (jax.Array, jax.ShapeDtypeStruct)):
-        try:
-            value = jnp.asarray(value)
-        except (TypeError, ValueError) as e:
-            raise TypeError(f"{name} must be an array, got {type(value).__name__}: {e}") from None
+        value = as_array(name, value, xp=jnp)
     if not jnp.issubdtype(value.dtype, jnp.floating):
         raise TypeError(
             f"{name} must have a floating dtype (float16, bfloat16, float32, float64), "

@@ -101,6 +101,20 @@ def _as_tuple(name: str, value: Any, ndim: int) -> tuple[int, ...]:
     return (_as_int(name, value),) * ndim
 
 
+def as_array(name: str, value: Any, *, xp=None):
+    """``value`` as an array (``xp.asarray``: NumPy by default), or a ``TypeError`` naming
+    ``name``. A ``torch.Tensor`` is detached and moved to the CPU first (torch is not
+    imported); strings and ``None`` are refused."""
+    if hasattr(value, "detach") and hasattr(value, "cpu"):  # a torch.Tensor
+        value = value.detach().cpu().numpy()
+    if isinstance(value, (str, bytes)) or value is None:
+        raise TypeError(f"{name} must be an array, got {value!r}")
+    try:
+        return (xp or np).asarray(value)
+    except (TypeError, ValueError) as e:
+        raise TypeError(f"{name} must be an array, got {type(value).__name__}: {e}") from None
+
+
 def _spatial_ndim(*sizes: Any) -> int:
     """The number of spatial dimensions: the length of the first sequence, else 1."""
     for v in sizes:

@@ -51,7 +51,7 @@ import jax.numpy as jnp
 from jax.typing import ArrayLike
 
 from ._layout import flip_spatial, flipped_kernel
-from ._spec import _as_int
+from ._spec import _as_int, as_array
 
 __all__ = [
     "equinox_to_torch",
@@ -69,14 +69,7 @@ __all__ = [
 
 def _as_array(name: str, value) -> jax.Array:
     """An array from a JAX/NumPy array or a ``torch.Tensor`` (detached, to CPU)."""
-    if hasattr(value, "detach") and hasattr(value, "cpu"):  # a torch.Tensor, without importing it
-        value = value.detach().cpu().numpy()
-    if isinstance(value, (str, bytes)) or value is None:
-        raise TypeError(f"{name} must be an array, got {value!r}")
-    try:
-        arr = jnp.asarray(value)
-    except (TypeError, ValueError) as e:
-        raise TypeError(f"{name} must be an array, got {type(value).__name__}: {e}") from None
+    arr = as_array(name, value, xp=jnp)
     if arr.ndim < 3:
         raise ValueError(
             f"{name} must have two channel axes and at least one spatial axis, "

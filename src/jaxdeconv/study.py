@@ -54,7 +54,6 @@ from collections.abc import Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax import lax
 from jax.typing import ArrayLike
 
 from ._api import conv_transpose
@@ -66,11 +65,13 @@ from ._spec import (
     PaddingLike,
     _as_tuple,
     _spatial_ndim,
+    as_array,
     make_spec,
     output_padding_for_size,
     resolve_padding,
 )
 from .formulations import FORMULATIONS
+from .formulations.lax_based import forward_conv as _forward_conv
 
 __all__ = [
     "SEED_INPUT",
@@ -120,12 +121,7 @@ def seed_example() -> tuple[np.ndarray, np.ndarray]:
 
 
 def _as_array(name: str, value) -> np.ndarray:
-    if isinstance(value, (str, bytes)) or value is None:
-        raise TypeError(f"{name} must be an array, got {value!r}")
-    try:
-        arr = np.asarray(value)
-    except (TypeError, ValueError) as e:
-        raise TypeError(f"{name} must be an array, got {type(value).__name__}: {e}") from None
+    arr = as_array(name, value)
     if arr.dtype.kind not in "biuf":
         raise TypeError(f"{name} must hold real numbers, got dtype {arr.dtype}")
     return arr.astype(np.float64)
@@ -351,18 +347,7 @@ def forward_conv(
             f"be [N, {spec.out_channels}, *{spec.output_size}] (the transposed convolution's "
             f"output) for input_size={spec.input_size}"
         )
-    axes = tuple(range(spec.ndim + 2))  # [N, C, *spatial] and [O, I, *k]: torch's layout
-    dn = lax.ConvDimensionNumbers(lhs_spec=axes, rhs_spec=axes, out_spec=axes)
-    y = lax.conv_general_dilated(
-        z,
-        jnp.asarray(w, z.dtype),
-        window_strides=spec.stride,
-        padding=spec.crop,
-        rhs_dilation=spec.dilation,
-        dimension_numbers=dn,
-        feature_group_count=spec.groups,
-        precision=precision,
-    )
+    y = _forward_conv(z, jnp.asarray(w, z.dtype), spec, precision=precision)
     return y[0] if unbatched else y
 
 

@@ -58,18 +58,17 @@ import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax import lax
 
 from ._layout import (
     act_from_channels_first,
     act_to_channels_first,
-    dimension_numbers,
     weight_from_torch,
     weight_to_torch,
 )
 from ._reference import numpy_conv_transpose
 from ._spec import ConvTransposeSpec
 from .formulations import FORMULATIONS
+from .formulations.lax_based import forward_conv
 
 __all__ = [
     "TOLERANCES",
@@ -211,51 +210,6 @@ def random_arrays(
         rng.standard_normal(spec.out_channels),
     )
     return tuple(a.astype(dt) for a in arrays)
-
-
-def forward_conv(
-    y: jax.typing.ArrayLike,
-    weight: jax.typing.ArrayLike,
-    spec: ConvTransposeSpec,
-    *,
-    precision: jax.lax.PrecisionLike = None,
-    preferred_element_type: jax.typing.DTypeLike | None = None,
-) -> jax.Array:
-    """The strided forward convolution whose transpose is ``spec``'s transposed conv.
-
-    Maps ``[N, C_out, *output_size]`` to ``[N, C_in, *input_size]`` (in
-    ``spec``'s layout) with the *same* weight, read as a forward-conv kernel
-    from ``C_out`` to ``C_in``: stride ``spec.stride``, padding ``spec.crop``
-    (``output_padding`` included; negative values crop), ``rhs_dilation =
-    spec.dilation`` and ``feature_group_count = spec.groups``. It is what
-    ``torch.nn.functional.conv{1,2,3}d(y, weight, None, stride, padding,
-    dilation, groups)`` computes when ``output_padding`` is 0, and it is the
-    input gradient of the transposed convolution.
-
-    Examples:
-      >>> import jax, jax.numpy as jnp, jaxdeconv
-      >>> spec = jaxdeconv.make_spec((1, 1, 3), (1, 1, 2), stride=2)
-      >>> w = jnp.array([[[1.0, 2.0]]])
-      >>> forward_conv(jnp.arange(6.0)[None, None], w, spec)
-      Array([[[ 2.,  8., 14.]]], dtype=float32)
-      >>> x = jnp.ones(spec.input_shape)
-      >>> _, vjp = jax.vjp(lambda x: jaxdeconv.conv_transpose(x, w, stride=2), x)
-      >>> vjp(jnp.arange(6.0)[None, None])[0]        # the same numbers
-      Array([[[ 2.,  8., 14.]]], dtype=float32)
-    """
-    return lax.conv_general_dilated(
-        y,
-        weight,
-        window_strides=spec.stride,
-        padding=spec.crop,
-        rhs_dilation=spec.dilation,
-        dimension_numbers=dimension_numbers(
-            spec.ndim, channels_last=spec.channels_last, kernel="torch"
-        ),
-        feature_group_count=spec.groups,
-        precision=precision,
-        preferred_element_type=preferred_element_type,
-    )
 
 
 def _to_channels_first(spec: ConvTransposeSpec, x=None, w=None, y=None):

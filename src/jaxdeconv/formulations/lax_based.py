@@ -21,6 +21,7 @@ from .._spec import ConvTransposeSpec
 __all__ = [
     "ZERO_INSERTION_ENV",
     "ZERO_INSERTION_MAX_BYTES",
+    "forward_conv",
     "lhs_dilated",
     "vjp",
     "zero_insertion",
@@ -83,6 +84,51 @@ def _check_zero_insertion_memory(spec: ConvTransposeSpec, dtype) -> None:
         )
 
 
+def forward_conv(
+    y: jax.typing.ArrayLike,
+    weight: jax.typing.ArrayLike,
+    spec: ConvTransposeSpec,
+    *,
+    precision: jax.lax.PrecisionLike = None,
+    preferred_element_type: jax.typing.DTypeLike | None = None,
+) -> jax.Array:
+    """The strided forward convolution whose transpose is ``spec``'s transposed conv.
+
+    Maps ``[N, C_out, *output_size]`` to ``[N, C_in, *input_size]`` (in
+    ``spec``'s layout) with the *same* weight, read as a forward-conv kernel
+    from ``C_out`` to ``C_in``: stride ``spec.stride``, padding ``spec.crop``
+    (``output_padding`` included; negative values crop), ``rhs_dilation =
+    spec.dilation`` and ``feature_group_count = spec.groups``. It is what
+    ``torch.nn.functional.conv{1,2,3}d(y, weight, None, stride, padding,
+    dilation, groups)`` computes when ``output_padding`` is 0, and it is the
+    input gradient of the transposed convolution.
+
+    Examples:
+      >>> import jax, jax.numpy as jnp, jaxdeconv
+      >>> spec = jaxdeconv.make_spec((1, 1, 3), (1, 1, 2), stride=2)
+      >>> w = jnp.array([[[1.0, 2.0]]])
+      >>> forward_conv(jnp.arange(6.0)[None, None], w, spec)
+      Array([[[ 2.,  8., 14.]]], dtype=float32)
+      >>> x = jnp.ones(spec.input_shape)
+      >>> _, vjp = jax.vjp(lambda x: jaxdeconv.conv_transpose(x, w, stride=2), x)
+      >>> vjp(jnp.arange(6.0)[None, None])[0]        # the same numbers
+      Array([[[ 2.,  8., 14.]]], dtype=float32)
+    """
+    return lax.conv_general_dilated(
+        y,
+        jnp.asarray(weight),
+        window_strides=spec.stride,
+        padding=spec.crop,
+        rhs_dilation=spec.dilation,
+        dimension_numbers=dimension_numbers(
+            spec.ndim, channels_last=spec.channels_last, kernel="torch"
+        ),
+        feature_group_count=spec.groups,
+        precision=precision,
+        preferred_element_type=preferred_element_type,
+    )
+
+
 def vjp(x, w, spec, *, precision=None, preferred_element_type=None):
     """Transposed conv as the transpose of the strided forward convolution.
 
@@ -93,20 +139,10 @@ def vjp(x, w, spec, *, precision=None, preferred_element_type=None):
     convolution: the gradient-as-transpose definition.
     """
     dtype = preferred_element_type or x.dtype
-    dn = dimension_numbers(spec.ndim, channels_last=spec.channels_last, kernel="torch")
     w = w.astype(dtype)
 
     def forward(z):
-        return lax.conv_general_dilated(
-            z,
-            w,
-            window_strides=spec.stride,
-            padding=spec.crop,
-            rhs_dilation=spec.dilation,
-            dimension_numbers=dn,
-            feature_group_count=spec.groups,
-            precision=precision,
-        )
+        return forward_conv(z, w, spec, precision=precision)
 
     z = jax.ShapeDtypeStruct(spec.output_shape, dtype)
     (y,) = jax.linear_transpose(forward, z)(x.astype(dtype))
