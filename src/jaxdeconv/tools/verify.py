@@ -244,6 +244,26 @@ def _torch_reference(case: Case, x, w, b):
         return fn(xt, wt, bt, case.stride, case.padding, op, case.groups, case.dilation).numpy()
 
 
+def _plan_label(case: Case) -> str:
+    """What ``method="auto"`` runs for the case (:func:`jaxdeconv.plan`'s label)."""
+    from .._api import plan
+
+    x, w, b, _ = case.arrays()
+    xl, wl = _to_layout(case, x, w)
+    return plan(
+        xl,
+        wl,
+        b,
+        case.stride,
+        case.padding,
+        case.output_padding,
+        case.groups,
+        case.dilation,
+        output_size=case.output_size,
+        channels_last=case.channels_last,
+    ).label
+
+
 def _to_layout(case: Case, x, w):
     if not case.channels_last:
         return x, w
@@ -610,6 +630,7 @@ def main(argv=None) -> int:
             case.name in QUICK_GRADIENT_NAMES if args.quick else not case.name.startswith("sweep")
         )
         print("\n".join(_wrap(f"{cid} {case.name}: {case.describe()}", indent="")))
+        print("\n".join(_wrap(f"auto runs {_plan_label(case)}", indent="    ")))
         for r in run_case(case, args.method, gradients=check_grads):
             r["id"] = cid
             rows.append(r)
