@@ -161,3 +161,70 @@ def test_traced_static_argument_says_mark_it_static(name):
 
     with pytest.raises(TypeError, match="static"):
         jax.jit(f)(1)
+
+
+def test_a_formulation_registered_at_run_time_is_a_method_everywhere(rng):
+    """The registry is read live: conv_transpose, the plan, the layers and sharding see it."""
+    import jaxdeconv.equinox
+    import jaxdeconv.sharding
+    from jaxdeconv.formulations import FORMULATIONS, register
+
+    calls = []
+
+    def mine(x, w, spec, *, precision=None, preferred_element_type=None):
+        calls.append(spec)
+        return FORMULATIONS["lhs_dilated"](
+            x, w, spec, precision=precision, preferred_element_type=preferred_element_type
+        )
+
+    x = rng.standard_normal((2, 4, 5)).astype(np.float32)
+    w = rng.standard_normal((4, 3, 3)).astype(np.float32)
+    want = jaxdeconv.numpy_conv_transpose(x, w, stride=2)
+    with pytest.raises(ValueError, match="method='mine' is not one of"):
+        jaxdeconv.conv_transpose(x, w, stride=2, method="mine")
+    register("mine", mine)
+    try:
+        with pytest.raises(ValueError, match="already registered"):
+            register("mine", mine)
+        assert jaxdeconv.plan(x, w, stride=2, method="mine").formulation == "mine"
+        for y in (
+            jaxdeconv.conv_transpose(x, w, stride=2, method="mine"),
+            jaxdeconv.sharding.conv_transpose(x, w, stride=2, method="mine"),
+        ):
+            np.testing.assert_allclose(np.asarray(y), want, rtol=1e-5, atol=1e-5)
+        layer = jaxdeconv.equinox.ConvTranspose(4, 3, (3,), 2, method="mine", key=jax.random.key(0))
+        assert layer(x).shape == want.shape
+        assert len(calls) == 3
+    finally:
+        del FORMULATIONS["mine"]
+    with pytest.raises(ValueError, match="name='auto'"):
+        register("auto", mine)
+
+
+def test_plan_says_what_runs_and_can_be_forced(rng):
+    x = jax.ShapeDtypeStruct((8, 64, 16, 16), np.float32)
+    w = jax.ShapeDtypeStruct((64, 32, 4, 4), np.float32)
+    cpu = jaxdeconv.plan(x, w, stride=2, padding=1, backend="cpu", on_mesh=False)
+    assert cpu.formulation == "phase" and cpu.kernels.lowering == "gemm" and cpu.reason
+    assert jaxdeconv.plan(x, w, stride=2, padding=1, backend="gpu").label == "lhs_dilated"
+    mesh = jaxdeconv.plan(x, w, stride=2, padding=1, groups=2, on_mesh=True)
+    assert (mesh.formulation, mesh.per_group) == ("lhs_dilated", True)
+    forced = jaxdeconv.plan(x, w, stride=2, padding=1, strategy="convs")
+    assert forced.kernels.lowering == "conv" and "strategy" in forced.reason
+    with pytest.raises(ValueError, match="strategy='cols' needs the GEMM lowering"):
+        jaxdeconv.plan(x, w, stride=2, padding=1, groups=2, method="phase", strategy="cols")
+    with pytest.raises(ValueError, match="strategy='bogus' is not one of"):
+        jaxdeconv.plan(x, w, stride=2, padding=1, strategy="bogus")
+    # a plan passed back as method= runs exactly that plan
+    xa = rng.standard_normal((2, 4, 5, 5)).astype(np.float32)
+    wa = rng.standard_normal((4, 3, 4, 4)).astype(np.float32)
+    want = jaxdeconv.numpy_conv_transpose(xa, wa, stride=2, padding=1)
+    for strategy in ("cols", "phase", "convs"):
+        p = jaxdeconv.plan(xa, wa, stride=2, padding=1, strategy=strategy)
+        y = jaxdeconv.conv_transpose(xa, wa, stride=2, padding=1, method=p)
+        np.testing.assert_allclose(np.asarray(y), want, rtol=1e-5, atol=1e-5)
+    cols = jaxdeconv.plan(xa, wa, stride=2, padding=1, strategy="cols")
+    grouped = jaxdeconv.plan(xa, wa[:, :1], stride=2, padding=1, groups=2)
+    assert grouped.kernels.lowering == "conv"
+    with pytest.raises(ValueError, match="GEMM lowering cannot run this layer"):
+        jaxdeconv.conv_transpose(xa, wa[:, :1], stride=2, padding=1, groups=2, method=cols)
