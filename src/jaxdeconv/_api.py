@@ -12,6 +12,7 @@ import numpy as np
 from jax.typing import ArrayLike
 
 from . import formulations
+from ._cost import gemm_applies
 from ._layout import add_bias
 from ._plan import Plan, make_plan, on_several_devices, phase_kernels
 from ._spec import (
@@ -142,8 +143,6 @@ def _plan_for(method, spec: ConvTransposeSpec, dtype, *arrays, on_mesh=None) -> 
     if isinstance(method, Plan):
         kernels = method.kernels
         if kernels is not None and kernels.lowering == "gemm":
-            from ._cost import gemm_applies
-
             if not gemm_applies(spec, dtype):
                 raise ValueError(
                     f"method={method.label!r}: the GEMM lowering cannot run this layer "

@@ -14,6 +14,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from .._spec import ConvTransposeSpec
+from ._registry import get
 
 __all__ = ["per_group"]
 
@@ -73,8 +74,6 @@ def per_group(
       >>> bool(jnp.allclose(per_group(x, w, spec), y))
       True
     """
-    from . import get
-
     formulation = get(base, argument="base")
 
     def fn(a, b, sub):
