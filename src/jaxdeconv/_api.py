@@ -142,13 +142,12 @@ def _plan_for(method, spec: ConvTransposeSpec, dtype, *arrays, on_mesh=None) -> 
         on_mesh = on_several_devices(*arrays)
     if isinstance(method, Plan):
         kernels = method.kernels
-        if kernels is not None and kernels.lowering == "gemm":
-            if not gemm_applies(spec, dtype):
-                raise ValueError(
-                    f"method={method.label!r}: the GEMM lowering cannot run this layer "
-                    f"(groups={spec.groups}, batch={spec.batch}); plan it for these arguments "
-                    "with jaxdeconv.plan(...)"
-                )
+        if kernels is not None and kernels.lowering == "gemm" and not gemm_applies(spec, dtype):
+            raise ValueError(
+                f"method={method.label!r}: the GEMM lowering cannot run this layer "
+                f"(groups={spec.groups}, batch={spec.batch}); plan it for these arguments "
+                "with jaxdeconv.plan(...)"
+            )
         return method
     return make_plan(spec, np.dtype(dtype), method, on_mesh=on_mesh)
 
