@@ -375,3 +375,16 @@ def test_example_runs():
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "all equal to the single-device result" in proc.stdout, proc.stdout
+
+
+def test_example_help_prints_and_runs_nothing():
+    """Issue 15: ``examples/sharded.py --help`` ran the script; it prints its options now."""
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "sharded.py"), "--help"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "--coordinator" in proc.stdout and "--num-processes" in proc.stdout
+    assert "devices on" not in proc.stdout  # the run itself never started
