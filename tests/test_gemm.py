@@ -247,3 +247,37 @@ def test_the_gemm_lowering_is_for_one_cpu_device(rng):
     on_gpu = jaxdeconv.plan(x, w, stride=2, padding=1, backend="gpu", method="phase")
     assert on_gpu.kernels.lowering == "conv"
     assert jaxdeconv.plan(x, w, stride=2, padding=1, backend="gpu").formulation == "lhs_dilated"
+
+
+def _program_size(spec, kernels):
+    x, w = jnp.ones(spec.input_shape), jnp.ones(spec.weight_shape)
+    loss = lambda x, w: jnp.sum(_phase.phase(x, w, spec, kernels=kernels) ** 2)  # noqa: E731
+    fwd = jax.jit(lambda x, w: _phase.phase(x, w, spec, kernels=kernels)).lower(x, w)
+    grad = jax.jit(jax.grad(loss, (0, 1))).lower(x, w)
+    return sum(len(_entry(c.compile().as_text())) for c in (fwd, grad))
+
+
+@pytest.mark.parametrize("channels_last", [False, True], ids=["cf", "cl"])
+def test_program_size_does_not_grow_with_taps(channels_last):
+    """col2im / im2col loop over prod(ceil(k / s)) shifts, not over the taps: a 3-d
+    k = s = 8 layer (512 taps) compiles to about the program of k = s = 2 (8 taps)."""
+    kernels = ROUTES["gemm-cols"]
+
+    def spec(k):
+        if channels_last:
+            return make_spec((1, 3, 3, 3, 2), (k, k, k, 2, 2), k, channels_last=True)
+        return make_spec((1, 2, 3, 3, 3), (2, 2, k, k, k), k)
+
+    small, big = _program_size(spec(2), kernels), _program_size(spec(8), kernels)
+    assert big <= 1.2 * small + 5, (small, big)
+
+
+def test_k16_s16_3d_compiles_fast():
+    """A 3-d kernel 16, stride 16 layer (from PyTorch's tests): 4096 taps, one reshape."""
+    import time
+
+    spec = make_spec((1, 2, 4, 4, 4), (2, 2, 16, 16, 16), 16)
+    assert _strategy(spec) == "cols"
+    start = time.perf_counter()
+    _program_size(spec, phase_kernels(spec, np.dtype(np.float32)))
+    assert time.perf_counter() - start < 5

@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import math
 
 import jax
 import jax.numpy as jnp
@@ -73,16 +74,117 @@ def _from_cn(a: jax.Array, spec: ConvTransposeSpec) -> jax.Array:
     return jnp.moveaxis(a, 0, -1) if spec.channels_last else jnp.swapaxes(a, 0, 1)
 
 
+def _geometry(spec):
+    """Per dimension ``(k_virtual, s_eff, A, Q)`` of the tap/residue regrouping.
+
+    Tap ``j`` of input ``i`` lands on ``i * s + j * d``. With the virtual kernel
+    ``kv = (k - 1) * d + 1`` (the dilated taps, zeros between them) padded to
+    ``A * s`` taps (``A = ceil(kv / s)``), virtual tap ``a * s + r`` lands on
+    ``(i + a) * s + r``: output row ``q = i + a`` (``Q = in + A - 1`` rows) at
+    residue ``r``. So the overlap-add is a sum of ``prod(A)`` shifted planes, and
+    ``k <= s`` (``A == 1``) is a pure reshape. A dimension with one input position
+    may take any stride at least ``kv``: it takes ``kv`` (no overlap, ``A == 1``).
+    """
+    geo = []
+    for k, s, d, i in zip(spec.kernel_size, spec.stride, spec.dilation, spec.input_size):
+        kv = (k - 1) * d + 1
+        se = max(s, kv) if i == 1 else s
+        a = -(-kv // se)
+        geo.append((kv, se, a, i + a - 1))
+    return geo
+
+
+def col2im(c, spec, nlead, ntrail, acc):
+    """The overlap-add of ``c`` ``[*k, *lead, *in, *trail]`` -> ``[*lead, *out, *trail]``.
+
+    The spatial output is the full result cropped (or extended) by ``spec.crop``.
+    The program has ``prod(A)`` shifted adds (see :func:`_geometry`), not one per tap.
+    """
+    n = spec.ndim
+    geo = _geometry(spec)
+    zero = jnp.zeros((), acc)
+    pads = [(0, a * se - kv, d - 1) for (kv, se, a, _), d in zip(geo, spec.dilation)]
+    pads += [(0, 0, 0)] * (c.ndim - n)
+    c = lax.pad(c.astype(acc), zero, pads)  # [*(A * s), *lead, *in, *trail]
+    rest = c.shape[n:]
+    c = c.reshape(*(v for kv, se, a, q in geo for v in (a, se)), *rest)
+    sp = list(range(n + nlead, 2 * n + nlead))  # in axes of a plane [*s, *lead, *in, *trail]
+    y = None
+    for shift in itertools.product(*(range(a) for _, _, a, _ in geo)):
+        index = tuple(v for u in shift for v in (u, slice(None)))
+        t = c[index]
+        tp = [(0, 0, 0)] * t.ndim
+        for ax, u, (_, _, a, _) in zip(sp, shift, geo):
+            tp[ax] = (u, a - 1 - u, 0)
+        t = lax.pad(t, zero, tp)
+        y = t if y is None else y + t
+    # [*s, *lead, *Q, *trail] -> [*lead, Q0, s0, Q1, s1, ..., *trail]
+    perm = list(range(n, n + nlead))
+    for m in range(n):
+        perm += [n + nlead + m, m]
+    perm += list(range(2 * n + nlead, y.ndim))
+    lead, trail = y.shape[n : n + nlead], y.shape[2 * n + nlead :]
+    y = y.transpose(perm).reshape(*lead, *(q * se for _, se, _, q in geo), *trail)
+    crop = [(0, 0, 0)] * y.ndim
+    for m, ((lo, hi), (kv, se, _, q), i, s) in enumerate(
+        zip(spec.crop, geo, spec.input_size, spec.stride)
+    ):
+        full = (i - 1) * s + kv
+        crop[nlead + m] = (-lo, -hi - (q * se - full), 0)
+    return lax.pad(y, zero, crop)
+
+
+def im2col(a, spec, nlead, ntrail, tap_at):
+    """``a`` ``[*lead, *out, *trail]`` at the full-result positions ``i * s + j * d``
+    of every tap ``j`` and input ``i`` (im2col with stride, the adjoint of
+    :func:`col2im`): ``[*lead, *in, *trail]`` with the ``n`` tap axes ``[*k]`` inserted
+    at position ``tap_at`` of that shape. ``prod(A)`` slices, not one per tap.
+    """
+    n = spec.ndim
+    geo = _geometry(spec)
+    zero = jnp.zeros((), a.dtype)
+    pads = [(0, 0, 0)] * a.ndim
+    for m, ((lo, hi), (kv, se, _, q), i, s) in enumerate(
+        zip(spec.crop, geo, spec.input_size, spec.stride)
+    ):
+        full = (i - 1) * s + kv
+        pads[nlead + m] = (lo, hi + q * se - full, 0)
+    ap = lax.pad(a, zero, pads)  # [*lead, *(Q * s), *trail]
+    lead, trail = a.shape[:nlead], a.shape[nlead + n :]
+    ap = ap.reshape(*lead, *(v for _, se, _, q in geo for v in (q, se)), *trail)
+    planes = []
+    for shift in itertools.product(*(range(a_) for _, _, a_, _ in geo)):
+        start, limit = [0] * ap.ndim, list(ap.shape)
+        for m, (u, i) in enumerate(zip(shift, spec.input_size)):
+            start[nlead + 2 * m], limit[nlead + 2 * m] = u, u + i
+        planes.append(lax.slice(ap, start, limit))  # [*lead, in0, s0, ..., *trail]
+    g = jnp.stack(planes).reshape(*(a_ for _, _, a_, _ in geo), *planes[0].shape)
+    # -> [*(A, s), *lead, *in, *trail], then the virtual taps -> the k real ones
+    perm = []
+    for m in range(n):
+        perm += [m, n + nlead + 2 * m + 1]
+    perm += list(range(n, n + nlead)) + [n + nlead + 2 * m for m in range(n)]
+    perm += list(range(3 * n + nlead, g.ndim))
+    g = g.transpose(perm).reshape(
+        *(a_ * se for _, se, a_, _ in geo), *lead, *spec.input_size, *trail
+    )
+    start, limit, strides = [0] * g.ndim, list(g.shape), [1] * g.ndim
+    for m, ((kv, _, _, _), d) in enumerate(zip(geo, spec.dilation)):
+        limit[m], strides[m] = kv, d
+    g = lax.slice(g, start, limit, strides)  # [*k, *lead, *in, *trail]
+    rest = list(range(n, g.ndim))
+    return g.transpose(rest[:tap_at] + list(range(n)) + rest[tap_at:])
+
+
 def forward(x, w, *, spec, precision, preferred_element_type):
     """GEMM + col2im (see the module docstring), in spec's layout."""
     n = spec.ndim
     w = weight_to_torch(w, spec)
     ci, co = spec.in_channels, spec.out_channels
-    size, s, d, k = spec.input_size, spec.stride, spec.dilation, spec.kernel_size
+    size, k = spec.input_size, spec.kernel_size
     dtype = jnp.result_type(x.dtype, w.dtype)
     acc = _acc_dtype(dtype, preferred_element_type)
-    full = [(i - 1) * st + dd * (kk - 1) + 1 for i, st, dd, kk in zip(size, s, d, k)]
-    q = [-(-f // st) for f, st in zip(full, s)]
+    taps_first = list(range(n))
     if spec.channels_last:
         # The input is already X[N * in, C_in]: cols[N, *in, K, C_out] = X @ W, the
         # weight arranged [C_in, K, C_out] so that each tap's plane keeps C_out
@@ -94,12 +196,8 @@ def forward(x, w, *, spec, precision, preferred_element_type):
             precision=precision,
             preferred_element_type=acc,
         ).reshape(spec.batch, *size, *k, co)
-        sp = list(range(1, n + 1))  # the spatial axes of a plane [N, *in, C_out]
-
-        def plane(tap):
-            return cols[(slice(None), *(slice(None),) * n, *tap, slice(None))]
-
-        blank = (spec.batch, *q, co)
+        cols = jnp.moveaxis(cols, [n + 1 + m for m in range(n)], taps_first)
+        y = col2im(cols, spec, 1, 1, acc)  # [N, *out, C_out]
     elif w.size <= x.size:
         # cols[C_out * K, N * in] = W^T @ X. W^T is materialized (the barrier keeps XLA
         # from folding the transpose back into the product): XLA:CPU hands only
@@ -112,12 +210,8 @@ def forward(x, w, *, spec, precision, preferred_element_type):
             precision=precision,
             preferred_element_type=acc,
         ).reshape(co, *k, spec.batch, *size)
-        sp = list(range(2, n + 2))  # planes [C_out, N, *in]
-
-        def plane(tap):
-            return cols[(slice(None), *tap)]
-
-        blank = (co, spec.batch, *q)
+        cols = jnp.moveaxis(cols, [1 + m for m in range(n)], taps_first)
+        y = jnp.swapaxes(col2im(cols, spec, 2, 0, acc), 0, 1)  # [C_out, N, *out] -> NC*
     else:
         # A weight larger than the input (deep, small layers): transpose the input
         # instead, cols[N * in, C_out * K] = X^T @ W.
@@ -129,40 +223,9 @@ def forward(x, w, *, spec, precision, preferred_element_type):
             precision=precision,
             preferred_element_type=acc,
         ).reshape(spec.batch, *size, co, *k)
-        sp = list(range(2, n + 2))
-
-        def plane(tap):
-            return jnp.moveaxis(cols[(Ellipsis, *tap)], -1, 0)
-
-        blank = (co, spec.batch, *q)
-
-    zero = jnp.zeros((), acc)
-    phases: dict[tuple[int, ...], jax.Array] = {}
-    for tap in itertools.product(*(range(kk) for kk in k)):
-        r = tuple((j * dd) % st for j, dd, st in zip(tap, d, s))
-        t = plane(tap)
-        pads = [(0, 0, 0)] * t.ndim
-        for ax, j, dd, st, qq, i in zip(sp, tap, d, s, q, size):
-            q0 = (j * dd) // st
-            pads[ax] = (q0, qq - i - q0, 0)
-        t = lax.pad(t, zero, pads)
-        phases[r] = t + phases[r] if r in phases else t
-    parts = [
-        phases.get(r, jnp.zeros(blank, acc)) for r in itertools.product(*(range(st) for st in s))
-    ]
-    y = jnp.stack(parts).reshape(*s, *blank)
-    interleaved = [a for i in range(n) for a in (n + sp[i], i)]  # q_0, s_0, q_1, s_1...
-    spatial = [qq * st for qq, st in zip(q, s)]
-    if spec.channels_last:  # [*s, N, *q, C_out]
-        y = y.transpose([n, *interleaved, 2 * n + 1]).reshape(spec.batch, *spatial, co)
-    else:  # [*s, C_out, N, *q]
-        y = y.transpose([n + 1, n, *interleaved]).reshape(spec.batch, co, *spatial)
-    # Crop to the output (a negative crop extends with zeros, as output_padding does).
-    crop = [(0, 0, 0)] * y.ndim
-    axes = range(1, n + 1) if spec.channels_last else range(2, n + 2)
-    for ax, (lo, hi), qq, st, f in zip(axes, spec.crop, q, s, full):
-        crop[ax] = (-lo, -hi - (qq * st - f), 0)
-    return lax.pad(y, zero, crop).astype(out_dtype(dtype, preferred_element_type))
+        cols = jnp.moveaxis(cols, [n + 2 + m for m in range(n)], taps_first)
+        y = jnp.moveaxis(col2im(cols, spec, 1, 1, acc), -1, 1)  # [N, *out, C_out] -> NC*
+    return y.astype(out_dtype(dtype, preferred_element_type))
 
 
 def tap_planes(a, axes, spec):
@@ -185,13 +248,15 @@ def cotangent_cols(g, spec):
     Channels-first: ``G[C_out * K, N * in]``; channels-last: ``G[N * in, K * C_out]``
     (each layout's contiguous axis stays contiguous).
     """
-    n, cl = spec.ndim, spec.channels_last
-    a = g if cl else _to_cn(g, spec)  # [N, *out, C] or [C, N, *out]
-    axes = list(range(1, n + 1)) if cl else list(range(2, n + 2))
-    planes = [plane for _, plane in tap_planes(a, axes, spec)]
-    if cl:
-        return jnp.stack(planes, -2).reshape(-1, len(planes) * spec.out_channels)
-    return jnp.stack(planes, 1).reshape(spec.out_channels * len(planes), -1)
+    n = spec.ndim
+    if spec.channels_last:  # [N, *out, C] -> [N, *in, *k, C]
+        return im2col(g, spec, 1, 1, 1 + n).reshape(
+            -1, spec.out_channels * math.prod(spec.kernel_size)
+        )
+    # [C, N, *out] -> [C, *k, N, *in]
+    return im2col(_to_cn(g, spec), spec, 2, 0, 1).reshape(
+        spec.out_channels * math.prod(spec.kernel_size), -1
+    )
 
 
 # ----------------------------------------------------------------------------- phase GEMMs
