@@ -1,4 +1,5 @@
-"""GEMM lowerings of the zero-free transposed convolution (one group, either layout).
+"""GEMM lowerings of the zero-free transposed convolution (either layout; groups as a
+batch dimension of the GEMMs, channels-first).
 
 The phase primitives (:mod:`.primitives`) lower here on one CPU device when the plan
 (:mod:`jaxdeconv._plan`) says so. Every product below is a plain matrix product of
@@ -74,106 +75,137 @@ def _from_cn(a: jax.Array, spec: ConvTransposeSpec) -> jax.Array:
     return jnp.moveaxis(a, 0, -1) if spec.channels_last else jnp.swapaxes(a, 0, 1)
 
 
-def _geometry(spec):
-    """Per dimension ``(k_virtual, s_eff, A, Q)`` of the tap/residue regrouping.
+def _r(start, n):
+    return list(range(start, start + n))
 
-    Tap ``j`` of input ``i`` lands on ``i * s + j * d``. With the virtual kernel
-    ``kv = (k - 1) * d + 1`` (the dilated taps, zeros between them) padded to
-    ``A * s`` taps (``A = ceil(kv / s)``), virtual tap ``a * s + r`` lands on
-    ``(i + a) * s + r``: output row ``q = i + a`` (``Q = in + A - 1`` rows) at
-    residue ``r``. So the overlap-add is a sum of ``prod(A)`` shifted planes, and
-    ``k <= s`` (``A == 1``) is a pure reshape. A dimension with one input position
-    may take any stride at least ``kv``: it takes ``kv`` (no overlap, ``A == 1``).
+
+def _geometry(spec):
+    """Per dimension ``(s_eff, A, Q, shifts)`` of the tap/residue regrouping.
+
+    Tap ``j`` of input ``i`` lands on ``i * s + j * d = (i + a) * s + r`` with
+    ``a, r = divmod(j * d, s)``: output row ``q = i + a`` (``Q = in + A - 1`` rows,
+    ``A = ceil(kv / s)``, ``kv = (k - 1) * d + 1``) at residue ``r``. The taps of one
+    shift ``a`` are a contiguous range ``[j0, j1)`` whose residues run from ``r0`` in
+    steps of ``d``; ``shifts`` lists the non-empty ``(a, j0, j1, r0)``. So the
+    overlap-add is a sum of at most ``prod(A)`` shifted planes, and ``k * d <= s``
+    (``A == 1``) is a pure reshape. A dimension with one input position may take any
+    stride of at least ``kv``: it takes ``kv`` (no overlap, ``A == 1``).
     """
     geo = []
     for k, s, d, i in zip(spec.kernel_size, spec.stride, spec.dilation, spec.input_size):
         kv = (k - 1) * d + 1
         se = max(s, kv) if i == 1 else s
-        a = -(-kv // se)
-        geo.append((kv, se, a, i + a - 1))
+        a_count = -(-kv // se)
+        shifts = []
+        for a in range(a_count):
+            j0 = -(-a * se // d)
+            j1 = min(k, -(-(a + 1) * se // d))
+            if j0 < j1:
+                shifts.append((a, j0, j1, j0 * d - a * se))
+        geo.append((se, a_count, i + a_count - 1, tuple(shifts)))
     return geo
 
 
-def col2im(c, spec, nlead, ntrail, acc):
-    """The overlap-add of ``c`` ``[*k, *lead, *in, *trail]`` -> ``[*lead, *out, *trail]``.
+def _spatial_crop(spec, geo, sign):
+    """``(lo, hi)`` per dimension between the output and ``[Q * s_eff]`` (``sign=1``:
+    crop the latter to the former; ``-1``: pad the former to the latter)."""
+    out = []
+    for (lo, hi), (se, _, q, _), i, s, k, d in zip(
+        spec.crop, geo, spec.input_size, spec.stride, spec.kernel_size, spec.dilation
+    ):
+        full = (i - 1) * s + (k - 1) * d + 1
+        out.append((sign * lo, sign * (hi + q * se - full)))
+    return out
 
-    The spatial output is the full result cropped (or extended) by ``spec.crop``.
-    The program has ``prod(A)`` shifted adds (see :func:`_geometry`), not one per tap.
+
+def col2im(c, spec, tap_axes, in_axes, acc):
+    """The overlap-add of ``c`` (tap axes ``tap_axes``, input axes ``in_axes``, any
+    others) -> the output: each tap axis becomes the output's spatial axis (the
+    input axis is dropped), cropped (or extended) by ``spec.crop``.
+
+    The program has one shifted add per non-empty shift (see :func:`_geometry`),
+    not one per tap, and reads ``c`` in place (no transposed or padded copy).
     """
-    n = spec.ndim
     geo = _geometry(spec)
     zero = jnp.zeros((), acc)
-    pads = [(0, a * se - kv, d - 1) for (kv, se, a, _), d in zip(geo, spec.dilation)]
-    pads += [(0, 0, 0)] * (c.ndim - n)
-    c = lax.pad(c.astype(acc), zero, pads)  # [*(A * s), *lead, *in, *trail]
-    rest = c.shape[n:]
-    c = c.reshape(*(v for kv, se, a, q in geo for v in (a, se)), *rest)
-    sp = list(range(n + nlead, 2 * n + nlead))  # in axes of a plane [*s, *lead, *in, *trail]
     y = None
-    for shift in itertools.product(*(range(a) for _, _, a, _ in geo)):
-        index = tuple(v for u in shift for v in (u, slice(None)))
-        t = c[index]
-        tp = [(0, 0, 0)] * t.ndim
-        for ax, u, (_, _, a, _) in zip(sp, shift, geo):
-            tp[ax] = (u, a - 1 - u, 0)
-        t = lax.pad(t, zero, tp)
+    for combo in itertools.product(*(g[3] for g in geo)):
+        start, limit = [0] * c.ndim, list(c.shape)
+        pads = [(0, 0, 0)] * c.ndim
+        for ax, iax, (a, j0, j1, r0), (se, a_count, _, _), d in zip(
+            tap_axes, in_axes, combo, geo, spec.dilation
+        ):
+            start[ax], limit[ax] = j0, j1
+            pads[ax] = (r0, se - r0 - (j1 - j0 - 1) * d - 1, d - 1)  # taps -> residues
+            pads[iax] = (a, a_count - 1 - a, 0)  # inputs -> rows
+        t = lax.pad(lax.slice(c, start, limit).astype(acc), zero, pads)
         y = t if y is None else y + t
-    # [*s, *lead, *Q, *trail] -> [*lead, Q0, s0, Q1, s1, ..., *trail]
-    perm = list(range(n, n + nlead))
-    for m in range(n):
-        perm += [n + nlead + m, m]
-    perm += list(range(2 * n + nlead, y.ndim))
-    lead, trail = y.shape[n : n + nlead], y.shape[2 * n + nlead :]
-    y = y.transpose(perm).reshape(*lead, *(q * se for _, se, _, q in geo), *trail)
+    # rows Q and residues s of each dimension next to each other: [.., Q, s, ..]
+    others = [ax for ax in range(c.ndim) if ax not in tap_axes and ax not in in_axes]
+    order = sorted(others + list(in_axes), key=lambda ax: ax)
+    perm = []
+    for ax in order:
+        perm.append(ax)
+        if ax in in_axes:
+            perm.append(tap_axes[in_axes.index(ax)])
+    y = y.transpose(perm)
+    shape = []
+    for ax in order:
+        if ax in in_axes:
+            m = in_axes.index(ax)
+            shape.append(geo[m][2] * geo[m][0])
+        else:
+            shape.append(c.shape[ax])
+    y = y.reshape(shape)
     crop = [(0, 0, 0)] * y.ndim
-    for m, ((lo, hi), (kv, se, _, q), i, s) in enumerate(
-        zip(spec.crop, geo, spec.input_size, spec.stride)
-    ):
-        full = (i - 1) * s + kv
-        crop[nlead + m] = (-lo, -hi - (q * se - full), 0)
+    spatial = [order.index(ax) for ax in in_axes]
+    for ax, (lo, hi) in zip(spatial, _spatial_crop(spec, geo, -1)):
+        crop[ax] = (lo, hi, 0)
     return lax.pad(y, zero, crop)
 
 
-def im2col(a, spec, nlead, ntrail, tap_at):
-    """``a`` ``[*lead, *out, *trail]`` at the full-result positions ``i * s + j * d``
-    of every tap ``j`` and input ``i`` (im2col with stride, the adjoint of
-    :func:`col2im`): ``[*lead, *in, *trail]`` with the ``n`` tap axes ``[*k]`` inserted
-    at position ``tap_at`` of that shape. ``prod(A)`` slices, not one per tap.
+def im2col(a, spec, sp_axes, tap_at):
+    """``a`` (an output-sized activation, spatial axes ``sp_axes``) at the full-result
+    positions ``i * s + j * d`` of every tap ``j`` and input ``i`` (im2col with
+    stride, the adjoint of :func:`col2im`): ``a``'s layout with each spatial axis
+    replaced by its input axis and the ``n`` tap axes inserted at ``tap_at``. One
+    slice per non-empty shift (:func:`_geometry`), not one per tap.
     """
     n = spec.ndim
     geo = _geometry(spec)
-    zero = jnp.zeros((), a.dtype)
     pads = [(0, 0, 0)] * a.ndim
-    for m, ((lo, hi), (kv, se, _, q), i, s) in enumerate(
-        zip(spec.crop, geo, spec.input_size, spec.stride)
-    ):
-        full = (i - 1) * s + kv
-        pads[nlead + m] = (lo, hi + q * se - full, 0)
-    ap = lax.pad(a, zero, pads)  # [*lead, *(Q * s), *trail]
-    lead, trail = a.shape[:nlead], a.shape[nlead + n :]
-    ap = ap.reshape(*lead, *(v for _, se, _, q in geo for v in (q, se)), *trail)
-    planes = []
-    for shift in itertools.product(*(range(a_) for _, _, a_, _ in geo)):
-        start, limit = [0] * ap.ndim, list(ap.shape)
-        for m, (u, i) in enumerate(zip(shift, spec.input_size)):
-            start[nlead + 2 * m], limit[nlead + 2 * m] = u, u + i
-        planes.append(lax.slice(ap, start, limit))  # [*lead, in0, s0, ..., *trail]
-    g = jnp.stack(planes).reshape(*(a_ for _, _, a_, _ in geo), *planes[0].shape)
-    # -> [*(A, s), *lead, *in, *trail], then the virtual taps -> the k real ones
-    perm = []
-    for m in range(n):
-        perm += [m, n + nlead + 2 * m + 1]
-    perm += list(range(n, n + nlead)) + [n + nlead + 2 * m for m in range(n)]
-    perm += list(range(3 * n + nlead, g.ndim))
-    g = g.transpose(perm).reshape(
-        *(a_ * se for _, se, a_, _ in geo), *lead, *spec.input_size, *trail
-    )
-    start, limit, strides = [0] * g.ndim, list(g.shape), [1] * g.ndim
-    for m, ((kv, _, _, _), d) in enumerate(zip(geo, spec.dilation)):
-        limit[m], strides[m] = kv, d
-    g = lax.slice(g, start, limit, strides)  # [*k, *lead, *in, *trail]
-    rest = list(range(n, g.ndim))
-    return g.transpose(rest[:tap_at] + list(range(n)) + rest[tap_at:])
+    for ax, (lo, hi) in zip(sp_axes, _spatial_crop(spec, geo, 1)):
+        pads[ax] = (lo, hi, 0)
+    ap = lax.pad(a, jnp.zeros((), a.dtype), pads)
+    shape, pos = [], {}  # each spatial axis -> (Q, s): pos[m] = the Q axis
+    for ax in range(a.ndim):
+        if ax in sp_axes:
+            m = sp_axes.index(ax)
+            pos[m] = len(shape)
+            shape += [geo[m][2], geo[m][0]]
+        else:
+            shape.append(ap.shape[ax])
+    ap = ap.reshape(shape)
+
+    def plane(combo):
+        start, limit, strides = [0] * ap.ndim, list(ap.shape), [1] * ap.ndim
+        for m, ((sh, j0, j1, r0), i, d) in enumerate(zip(combo, spec.input_size, spec.dilation)):
+            start[pos[m]], limit[pos[m]] = sh, sh + i
+            start[pos[m] + 1], limit[pos[m] + 1] = r0, r0 + (j1 - j0 - 1) * d + 1
+            strides[pos[m] + 1] = d
+        return lax.slice(ap, start, limit, strides)  # [.., in, taps of the shift, ..]
+
+    def cat(prefix):
+        m = len(prefix)
+        if m == n:
+            return plane(prefix)
+        parts = [cat((*prefix, sh)) for sh in geo[m][3]]
+        return parts[0] if len(parts) == 1 else jnp.concatenate(parts, pos[m] + 1)
+
+    g = cat(())  # [.., in_m, k_m, ..]
+    taps = [pos[m] + 1 for m in range(n)]
+    rest = [ax for ax in range(g.ndim) if ax not in taps]
+    return g.transpose(rest[:tap_at] + taps + rest[tap_at:])
 
 
 def forward(x, w, *, spec, precision, preferred_element_type):
@@ -184,7 +216,6 @@ def forward(x, w, *, spec, precision, preferred_element_type):
     size, k = spec.input_size, spec.kernel_size
     dtype = jnp.result_type(x.dtype, w.dtype)
     acc = _acc_dtype(dtype, preferred_element_type)
-    taps_first = list(range(n))
     if spec.channels_last:
         # The input is already X[N * in, C_in]: cols[N, *in, K, C_out] = X @ W, the
         # weight arranged [C_in, K, C_out] so that each tap's plane keeps C_out
@@ -196,8 +227,19 @@ def forward(x, w, *, spec, precision, preferred_element_type):
             precision=precision,
             preferred_element_type=acc,
         ).reshape(spec.batch, *size, *k, co)
-        cols = jnp.moveaxis(cols, [n + 1 + m for m in range(n)], taps_first)
-        y = col2im(cols, spec, 1, 1, acc)  # [N, *out, C_out]
+        y = col2im(cols, spec, _r(n + 1, n), _r(1, n), acc)  # [N, *out, C_out]
+    elif spec.groups > 1:
+        # One GEMM per group, the group a batch dimension of one dot_general:
+        # cols[g, C_out/g * K, N * in] = W_g^T @ X_g, groups major in C_out as in torch.
+        grp = spec.groups
+        cols = lax.dot_general(
+            lax.optimization_barrier(w.reshape(grp, ci // grp, -1).transpose(0, 2, 1)),
+            _to_cn(x, spec).reshape(grp, ci // grp, -1),
+            (((2,), (1,)), ((0,), (0,))),
+            precision=precision,
+            preferred_element_type=acc,
+        ).reshape(co, *k, spec.batch, *size)
+        y = jnp.swapaxes(col2im(cols, spec, _r(1, n), _r(n + 2, n), acc), 0, 1)
     elif w.size <= x.size:
         # cols[C_out * K, N * in] = W^T @ X. W^T is materialized (the barrier keeps XLA
         # from folding the transpose back into the product): XLA:CPU hands only
@@ -210,8 +252,8 @@ def forward(x, w, *, spec, precision, preferred_element_type):
             precision=precision,
             preferred_element_type=acc,
         ).reshape(co, *k, spec.batch, *size)
-        cols = jnp.moveaxis(cols, [1 + m for m in range(n)], taps_first)
-        y = jnp.swapaxes(col2im(cols, spec, 2, 0, acc), 0, 1)  # [C_out, N, *out] -> NC*
+        y = col2im(cols, spec, _r(1, n), _r(n + 2, n), acc)  # [C_out, N, *out]
+        y = jnp.swapaxes(y, 0, 1)
     else:
         # A weight larger than the input (deep, small layers): transpose the input
         # instead, cols[N * in, C_out * K] = X^T @ W.
@@ -223,8 +265,7 @@ def forward(x, w, *, spec, precision, preferred_element_type):
             precision=precision,
             preferred_element_type=acc,
         ).reshape(spec.batch, *size, co, *k)
-        cols = jnp.moveaxis(cols, [n + 2 + m for m in range(n)], taps_first)
-        y = jnp.moveaxis(col2im(cols, spec, 1, 1, acc), -1, 1)  # [N, *out, C_out] -> NC*
+        y = jnp.moveaxis(col2im(cols, spec, _r(n + 2, n), _r(1, n), acc), -1, 1)
     return y.astype(out_dtype(dtype, preferred_element_type))
 
 
@@ -248,15 +289,10 @@ def cotangent_cols(g, spec):
     Channels-first: ``G[C_out * K, N * in]``; channels-last: ``G[N * in, K * C_out]``
     (each layout's contiguous axis stays contiguous).
     """
-    n = spec.ndim
+    n, rows = spec.ndim, spec.out_channels * math.prod(spec.kernel_size)
     if spec.channels_last:  # [N, *out, C] -> [N, *in, *k, C]
-        return im2col(g, spec, 1, 1, 1 + n).reshape(
-            -1, spec.out_channels * math.prod(spec.kernel_size)
-        )
-    # [C, N, *out] -> [C, *k, N, *in]
-    return im2col(_to_cn(g, spec), spec, 2, 0, 1).reshape(
-        spec.out_channels * math.prod(spec.kernel_size), -1
-    )
+        return im2col(g, spec, _r(1, n), 1 + n).reshape(-1, rows)
+    return im2col(_to_cn(g, spec), spec, _r(2, n), 1).reshape(rows, -1)  # [C, *k, N, *in]
 
 
 # ----------------------------------------------------------------------------- phase GEMMs
@@ -392,6 +428,16 @@ def input_grad(g, w, *, spec, precision, preferred_element_type, strategy, nhwc=
             precision=precision,
             preferred_element_type=acc,
         ).reshape(spec.batch, *spec.input_size, ci)
+    elif spec.groups > 1:  # per group dX_g = W_g @ G_g, the group a batch dimension
+        ci, grp = spec.in_channels, spec.groups
+        dx = lax.dot_general(
+            w.reshape(grp, ci // grp, -1),
+            cotangent_cols(g, spec).reshape(grp, -1, spec.batch * math.prod(spec.input_size)),
+            (((2,), (1,)), ((0,), (0,))),
+            precision=precision,
+            preferred_element_type=acc,
+        )
+        dx = _from_cn(dx.reshape(ci, spec.batch, *spec.input_size), spec)
     else:
         ci = spec.in_channels
         dx = lax.dot_general(
@@ -432,6 +478,15 @@ def weight_grad(x, g, *, spec, precision, preferred_element_type, strategy, nhwc
             preferred_element_type=acc,
         ).reshape(ci, *spec.kernel_size, spec.out_channels)
         dw = jnp.moveaxis(dw, 0, -2)
+    elif spec.groups > 1:  # per group dW_g = X_g @ G_g^T
+        ci, grp = spec.in_channels, spec.groups
+        dw = lax.dot_general(
+            x.swapaxes(0, 1).reshape(grp, ci // grp, -1),
+            cotangent_cols(g, spec).reshape(grp, -1, spec.batch * math.prod(spec.input_size)),
+            (((2,), (2,)), ((0,), (0,))),
+            precision=precision,
+            preferred_element_type=acc,
+        ).reshape(spec.weight_shape)
     else:
         ci = spec.in_channels
         dw = lax.dot_general(
