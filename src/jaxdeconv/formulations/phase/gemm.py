@@ -9,16 +9,17 @@ useful numbers; no inserted zero is multiplied. Two strategies:
 
 * forward, :func:`forward`: one GEMM of the whole kernel with the input,
   ``cols[C_out * K, N * in] = W^T @ X``, then col2im: tap ``j`` of input ``i`` lands
-  on full-result position ``i * s + j * d``, so each output phase is a sum of
-  shifted tap planes, and the phases are interleaved. XLA fuses the overlap-add,
-  the interleave and the crop into one pass;
+  on full-result position ``i * s + j * d = (i + a) * s + r``, so the taps of one
+  shift ``a`` fill residues ``r`` of output row ``i + a`` and the overlap-add is a
+  sum of ``prod(ceil(k * d / s))`` shifted slices of ``cols`` (:func:`col2im`; one
+  per shift, not per tap, so the program does not grow with the taps; ``k = s`` is a
+  reshape). XLA fuses the overlap-add, the interleave and the crop;
 * gradients: ``G[C_out * K, N * in]``, the output cotangent read at the positions
   ``i * s + j * d`` of every tap (im2col with stride), serves both ``dX = W @ G`` and
   ``dW = X @ G^T``. The two gradient primitives build ``G`` with the same
   operations, so in one program XLA computes it once (common subexpressions).
 
-``"phase"`` (where every output phase is one dense convolution and ``C_in`` is
-small, so the GEMMs above would have a short inner dimension):
+``"phase"`` (the cost model, :mod:`jaxdeconv._cost`, picks each kernel):
 
 * forward: the phase convolutions of :mod:`.conv`;
 * gradients: the transposes of those convolutions written as GEMMs. With ``P`` the
