@@ -329,8 +329,8 @@ def estimate(spec: ConvTransposeSpec, dtype, kernel: str, which: str, m_: Machin
         return t + moved / bw + _n_phase_ops(spec) * m_.overhead
     if kernel == "convs":  # the strided convolution, one dot per tap
         flops = 2.0 * n * pin * ci * co // g * taps
-        # 2.5: XLA:CPU's strided (input-gradient) convolution runs under its stride-1 rate
-        t = 2.5 * _conv(m_, flops, co // g * taps, ci, n * pin)
+        # 4: XLA:CPU's strided (input-gradient) convolution runs under its stride-1 rate
+        t = 4.0 * _conv(m_, flops, co // g * taps, ci, n * pin)
         t += taps * _gemm(m_, ci // g, co, n * pin) if g == 1 else _conv(m_, flops, n * pin, ci, co)
         moved = 2 * x_b + 2 * y_b + w_b + cols
         return t + moved / bw + (4 + 2 * taps) * m_.overhead
