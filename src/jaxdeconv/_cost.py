@@ -69,8 +69,8 @@ MAX_COLS_BYTES = 1 << 30
 # (a GEMM with C_in rows runs far under peak).
 NHWC_MAX_C_IN = 32
 # Kernels whose program has one op per tap (the convolution lowering's weight
-# gradient) or per phase (the phase GEMM gradients) are not candidates beyond these
-# counts: compile time would grow with the taps.
+# gradient) or per phase (the phase GEMM gradients, the phase convolutions'
+# interleave) are not candidates beyond these counts: compile time would grow.
 MAX_UNROLLED = 64
 
 
@@ -261,6 +261,8 @@ def candidates(spec: ConvTransposeSpec, dtype) -> tuple[tuple[str, ...], tuple[s
     fwd = ["phase_convs"]
     grads = ["convs"] if taps <= MAX_UNROLLED else []
     if gemm:
+        if math.prod(spec.stride) > MAX_UNROLLED:  # the interleave unrolls per phase
+            fwd = []
         fwd.insert(0, "gemm_cols")
         grads.insert(0, "gemm_cols_nhwc" if cols_grads_via_nhwc(spec, dtype) else "gemm_cols")
         if spec.groups == 1 and _n_phase_ops(spec) <= 4 * MAX_UNROLLED:
