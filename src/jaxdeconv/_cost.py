@@ -1,34 +1,228 @@
-"""What the phase formulation costs on one CPU device, and so which strategy it takes.
+"""What each phase-formulation kernel costs on one CPU device, and so which ones run.
 
-:func:`cpu_strategy` picks one of the GEMM lowering's strategies (``"cols"``:
-GEMM + col2im forward, im2col'd cotangent gradients; ``"phase"``: the phase
-convolutions forward, their transposes as GEMMs) or the convolution lowering
-(``"convs"``). Only :mod:`jaxdeconv._plan` calls it.
+The plan for a layer (:func:`choose`) is the cheapest forward kernel and the
+cheapest pair of gradient kernels among those that apply, each costed by
+:func:`estimate` from the layer's FLOPs, the bytes of the buffers the kernel
+materializes and the shapes of its GEMMs and convolutions, with a machine's figures
+(:class:`Machine`):
+
+``time = sum(flops / (peak * e(m) * e(n) * e(k))) + bytes / bandwidth + ops * overhead``
+
+where ``e(x) = x / (x + half)`` is the efficiency lost to a short GEMM/convolution
+dimension ``x`` (``half``: the dimension at which it is one half), ``peak`` the
+GEMM's (or XLA's stride-1 convolution's) rate and ``ops`` the kernels' op count
+(per-tap dots in the convolution gradients).
+
+The machine figures are built-in defaults (measured on the project's 2-core CPU)
+unless :func:`calibrate` was run once on this machine: it measures a few GEMMs, a
+convolution and a copy and caches the figures on disk (:func:`cache_dir`,
+``$JAXDECONV_CACHE_DIR`` or ``~/.cache/jaxdeconv``) in a file keyed by the machine,
+the jax/jaxlib versions and the device kind (:func:`machine_key`). Nothing is ever
+measured implicitly.
+
+Measured mode (opt-in, like cuDNN's benchmark mode): with ``JAXDECONV_AUTOTUNE=1``
+in the environment or inside ``with autotune():``, the planner times the candidate
+kernels once for the concrete (spec, dtype) on this device and caches the winners on
+disk under the same key, so later runs (and other processes) reuse them and another
+machine, jax version or device kind does not. Planning happens while tracing, also
+under ``jit``: measuring then compiles and runs separate small programs on random
+arrays of the layer's shapes (a few seconds per new layer, once).
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import functools
+import hashlib
+import json
 import math
+import os
+import pathlib
+import platform
+import threading
+import time
 
 import numpy as np
 
 from ._phases import phase_plan
 from ._spec import ConvTransposeSpec
 
-__all__ = ["MAX_COLS_BYTES", "cols_bytes", "cols_grads_via_nhwc", "cpu_strategy", "gemm_applies"]
+__all__ = [
+    "MAX_COLS_BYTES",
+    "Machine",
+    "autotune",
+    "cache_dir",
+    "calibrate",
+    "choose",
+    "cols_bytes",
+    "estimate",
+    "gemm_applies",
+    "machine",
+    "machine_key",
+]
 
 # The GEMM lowering's largest buffer (the im2col'd cotangent G or the forward's cols)
 # holds prod(kernel)/prod(stride) times the output. Never more than this.
 MAX_COLS_BYTES = 1 << 30
-# Above this ratio (e.g. stride 1 with a 3x3 kernel) the convolution lowering, which
-# needs no such buffer, is used.
-MAX_COLS_RATIO = 8
-# Up to this C_in the cols strategy's GEMMs (inner dimension C_in) run well under the
-# GEMM's peak and the phase strategy is used where it applies.
-SMALL_C_IN = 128
 # Channels-first cols gradients with at most this many input channels run channels-last
 # (a GEMM with C_in rows runs far under peak).
 NHWC_MAX_C_IN = 32
+# Kernels whose program has one op per tap (the convolution lowering's weight
+# gradient) or per phase (the phase GEMM gradients, the phase convolutions'
+# interleave) are not candidates beyond these counts: compile time would grow.
+MAX_UNROLLED = 64
+
+
+@dataclasses.dataclass(frozen=True)
+class Machine:
+    """A machine's figures (float32): rates in FLOP/s, bandwidth in B/s, overhead in s."""
+
+    gemm_peak: float = 200e9
+    gemm_half: float = 12.0
+    conv_peak: float = 150e9
+    conv_half: float = 24.0
+    bandwidth: float = 4e9
+    overhead: float = 4e-6
+    source: str = "built-in defaults"
+
+
+DEFAULT_MACHINE = Machine()
+
+
+# ----------------------------------------------------------------------------- cache
+
+
+def cache_dir() -> pathlib.Path:
+    """``$JAXDECONV_CACHE_DIR``, else ``~/.cache/jaxdeconv``."""
+    env = os.environ.get("JAXDECONV_CACHE_DIR")
+    return pathlib.Path(env) if env else pathlib.Path.home() / ".cache" / "jaxdeconv"
+
+
+def _cpu_model() -> str:
+    try:
+        for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine_key(device_kind: str | None = None) -> str:
+    """What cached figures and measurements are valid for: the CPU model and count,
+    the jax and jaxlib versions and the device kind, as a short hash."""
+    import jax
+    import jaxlib
+
+    if device_kind is None:
+        device_kind = jax.devices()[0].device_kind
+    parts = [
+        platform.machine(),
+        _cpu_model(),
+        str(os.cpu_count()),
+        jax.__version__,
+        jaxlib.__version__,
+        device_kind,
+    ]
+    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
+
+
+def _read(path: pathlib.Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _write(path: pathlib.Path, data: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
+    tmp.replace(path)  # atomic: concurrent writers never leave a torn file
+
+
+def _calibration_path(key: str) -> pathlib.Path:
+    return cache_dir() / f"calibration-{key}.json"
+
+
+def _autotune_path(key: str) -> pathlib.Path:
+    return cache_dir() / f"autotune-{key}.json"
+
+
+@functools.lru_cache(maxsize=8)
+def _machine_for(path: str) -> Machine:
+    data = _read(pathlib.Path(path))
+    fields = {f.name for f in dataclasses.fields(Machine)}
+    if not data or not fields.issuperset(data):
+        return DEFAULT_MACHINE
+    return Machine(**data)
+
+
+def machine() -> Machine:
+    """This machine's calibrated figures (:func:`calibrate`), else the defaults."""
+    return _machine_for(str(_calibration_path(machine_key())))
+
+
+def calibrate(*, seconds: float = 0.2) -> Machine:
+    """Measure this machine's figures and cache them on disk (see the module docstring).
+
+    Times XLA's GEMM at a large and two skinny shapes, a stride-1 convolution and a
+    copy (each the best of a few runs, about ``seconds`` each) and fits
+    :class:`Machine`'s rates and half-efficiency dimensions to them.
+    """
+    import jax
+    import jax.numpy as jnp
+    from jax import lax
+
+    rng = np.random.default_rng(0)
+
+    def best(fn, *args):
+        f = jax.jit(fn)
+        jax.block_until_ready(f(*args))
+        times, end = [], time.perf_counter() + seconds
+        while time.perf_counter() < end or len(times) < 3:
+            t = time.perf_counter()
+            jax.block_until_ready(f(*args))
+            times.append(time.perf_counter() - t)
+        return min(times)
+
+    def arr(*shape):
+        return jnp.asarray(rng.standard_normal(shape), jnp.float32)
+
+    def gemm_rate(m, n, k):
+        return 2 * m * n * k / best(jnp.matmul, arr(m, k), arr(k, n))
+
+    peak = gemm_rate(1024, 1024, 1024)
+    # e(16) from a GEMM with a short contraction: rate = peak * e(16) * e(1024)^2.
+    skinny = gemm_rate(1024, 4096, 16)
+    e16 = min(max(skinny / peak, 0.05), 0.95)
+    half = 16 * (1 - e16) / e16
+    x, w = arr(8, 64, 32, 32), arr(64, 64, 3, 3)
+    conv = best(lambda x, w: lax.conv_general_dilated(x, w, (1, 1), "SAME"), x, w)
+    conv_rate = 2 * 8 * 64 * 64 * 9 * 32 * 32 / conv
+    e = 576 / (576 + half)  # the convolution's own shape, at the GEMM's half point
+    big = arr(64, 1024, 256)
+    copy = best(lambda a: a * 2.0, big)
+    bandwidth = 2 * big.size * 4 / copy
+    small = arr(8)
+    overhead = best(lambda a: a + 1.0, small)
+    m = Machine(
+        gemm_peak=peak,
+        gemm_half=half,
+        conv_peak=conv_rate / e,
+        conv_half=half,
+        bandwidth=bandwidth,
+        overhead=min(overhead, 50e-6) / 4,
+        source=f"calibrated {time.strftime('%Y-%m-%d %H:%M:%S')}",
+    )
+    path = _calibration_path(machine_key())
+    _write(path, dataclasses.asdict(m))
+    _machine_for.cache_clear()
+    return m
+
+
+# ----------------------------------------------------------------------------- applicability
 
 
 def cols_bytes(spec: ConvTransposeSpec, dtype) -> int:
@@ -39,31 +233,223 @@ def cols_bytes(spec: ConvTransposeSpec, dtype) -> int:
 
 
 def gemm_applies(spec: ConvTransposeSpec, dtype) -> bool:
-    """Whether the GEMM lowering can serve ``spec`` (one group, bounded buffers)."""
-    if spec.groups != 1 or spec.batch == 0:
+    """Whether the GEMM lowering's cols strategy can serve ``spec`` (bounded buffers;
+    groups, as a batch dimension of the GEMMs, channels-first only)."""
+    if (spec.groups != 1 and spec.channels_last) or spec.batch == 0:
         return False
     return cols_bytes(spec, dtype) <= MAX_COLS_BYTES
-
-
-def phase_is_one_convolution(spec: ConvTransposeSpec) -> bool:
-    """Whether all output phases form one dense convolution with several taps."""
-    groups = phase_plan(spec).groups
-    return all(len(dim) == 1 and dim[0].n_taps > 1 for dim in groups) and all(
-        k % s == 0 for k, s in zip(spec.kernel_size, spec.stride)
-    )
-
-
-def cpu_strategy(spec: ConvTransposeSpec, dtype) -> str:
-    """``"cols"``, ``"phase"`` or ``"convs"`` for ``spec`` on one CPU device."""
-    ratio = math.prod(spec.kernel_size) / math.prod(spec.stride)
-    if not gemm_applies(spec, dtype) or ratio > MAX_COLS_RATIO:
-        return "convs"
-    if phase_is_one_convolution(spec) and spec.ndim <= 2 and spec.in_channels <= SMALL_C_IN:
-        return "phase"
-    return "cols"
 
 
 def cols_grads_via_nhwc(spec: ConvTransposeSpec, dtype) -> bool:
     """Channels-first cols gradients with few input channels run channels-last."""
     del dtype
-    return not spec.channels_last and spec.in_channels <= NHWC_MAX_C_IN
+    return not spec.channels_last and spec.groups == 1 and spec.in_channels <= NHWC_MAX_C_IN
+
+
+def _n_phase_ops(spec: ConvTransposeSpec) -> int:
+    """Ops the phase GEMM gradients unroll: per member phase and per tap of a window."""
+    n = 0
+    for combo, members in phase_plan(spec).convolutions():
+        n += len(members) * (1 + math.prod(g.n_taps for g in combo))
+    return n
+
+
+def candidates(spec: ConvTransposeSpec, dtype) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The forward kernels and the gradient kernels that may serve ``spec``."""
+    gemm = gemm_applies(spec, dtype)
+    taps = math.prod(spec.kernel_size)
+    fwd = ["phase_convs"]
+    grads = ["convs"] if taps <= MAX_UNROLLED else []
+    if gemm:
+        if math.prod(spec.stride) > MAX_UNROLLED:  # the interleave unrolls per phase
+            fwd = []
+        fwd.insert(0, "gemm_cols")
+        grads.insert(0, "gemm_cols_nhwc" if cols_grads_via_nhwc(spec, dtype) else "gemm_cols")
+        if spec.groups == 1 and _n_phase_ops(spec) <= 4 * MAX_UNROLLED:
+            grads.append("gemm_phase")
+    if not grads:  # a grouped layer with many taps: the per-tap dots all the same
+        grads = ["convs"]
+    return tuple(fwd), tuple(grads)
+
+
+# ----------------------------------------------------------------------------- the estimate
+
+
+def _e(x: float, half: float) -> float:
+    return x / (x + half)
+
+
+def _gemm(m_: Machine, m: int, n: int, k: int) -> float:
+    eff = _e(m, m_.gemm_half) * _e(n, m_.gemm_half) * _e(k, m_.gemm_half)
+    return 2.0 * m * n * k / (m_.gemm_peak * eff)
+
+
+def _conv(m_: Machine, flops: float, c_in_taps: int, c_out: int, pixels: int) -> float:
+    eff = _e(c_in_taps, m_.conv_half) * _e(c_out, m_.conv_half) * _e(pixels, m_.conv_half)
+    return flops / (m_.conv_peak * eff)
+
+
+def estimate(spec: ConvTransposeSpec, dtype, kernel: str, which: str, m_: Machine) -> float:
+    """Seconds for ``kernel`` as the forward pass (``which="forward"``) or as both
+    gradients (``which="grads"``) of ``spec`` on a machine with figures ``m_``."""
+    item = np.dtype(dtype).itemsize
+    g = spec.groups
+    n, ci, co = spec.batch, spec.in_channels, spec.out_channels
+    taps = math.prod(spec.kernel_size)
+    pin, pout = math.prod(spec.input_size), math.prod(spec.output_size)
+    x_b, y_b, w_b = n * ci * pin * item, n * co * pout * item, ci * co // g * taps * item
+    cols = cols_bytes(spec, dtype)
+    bw = m_.bandwidth
+    if kernel in ("gemm_cols", "gemm_cols_nhwc"):
+        cig, cog = ci // g, co // g
+        if which == "forward":  # GEMM into cols, col2im reads it and writes y
+            t = g * _gemm(m_, cog * taps, n * pin, cig)
+            return t + (x_b + w_b + 2 * cols + y_b) / bw + 4 * m_.overhead
+        # im2col (reads g, writes G), dX = W @ G and dW = X @ G^T read G
+        t = g * (_gemm(m_, cig, n * pin, cog * taps) + _gemm(m_, cig, cog * taps, n * pin))
+        extra = 2 * (x_b + y_b) if kernel == "gemm_cols_nhwc" else 0
+        return t + (y_b + 3 * cols + 2 * x_b + w_b + extra) / bw + 8 * m_.overhead
+    if kernel == "phase_convs" and which == "forward":
+        t, moved = 0.0, x_b + 2 * y_b
+        for combo, members in phase_plan(spec).convolutions():
+            window = math.prod(grp.n_taps for grp in combo)
+            pixels = n * math.prod(grp.size for grp in combo)
+            rows = len(members) * co // g
+            flops = 2.0 * pixels * ci * window * rows
+            t += _conv(m_, flops, ci // g * window, rows, pixels)
+            moved += len(members) * pixels * co * item
+        return t + moved / bw + 4 * m_.overhead
+    if kernel == "gemm_phase":  # dK = Y @ P^T, dP = K^T @ Y, col2im of dP
+        t, moved = 0.0, 2 * y_b + 2 * x_b + w_b
+        for combo, members in phase_plan(spec).convolutions():
+            window = math.prod(grp.n_taps for grp in combo)
+            size = n * math.prod(grp.size for grp in combo)
+            rows = len(members) * co
+            # 1.2: the GEMMs' operands are gathered windows, not one dense buffer
+            t += 1.2 * (_gemm(m_, rows, ci * window, size) + _gemm(m_, ci * window, size, rows))
+            moved += 3 * ci * window * size * item + rows * size * item
+        return t + moved / bw + _n_phase_ops(spec) * m_.overhead
+    if kernel == "convs":  # the strided convolution, one dot per tap
+        flops = 2.0 * n * pin * ci * co // g * taps
+        # 4: XLA:CPU's strided (input-gradient) convolution runs under its stride-1 rate
+        t = 4.0 * _conv(m_, flops, co // g * taps, ci, n * pin)
+        t += taps * _gemm(m_, ci // g, co, n * pin) if g == 1 else _conv(m_, flops, n * pin, ci, co)
+        moved = 2 * x_b + 2 * y_b + w_b + cols
+        return t + moved / bw + (4 + 2 * taps) * m_.overhead
+    raise ValueError(f"no estimate for {kernel!r} ({which})")
+
+
+# ----------------------------------------------------------------------------- measured mode
+
+_state = threading.local()
+
+
+@contextlib.contextmanager
+def autotune(enabled: bool = True):
+    """Plan by measuring inside this block (see the module docstring)."""
+    old = getattr(_state, "autotune", None)
+    _state.autotune = enabled
+    try:
+        yield
+    finally:
+        _state.autotune = old
+
+
+def autotune_enabled() -> bool:
+    on = getattr(_state, "autotune", None)
+    if on is None:
+        return os.environ.get("JAXDECONV_AUTOTUNE", "") not in ("", "0", "false", "False")
+    return on
+
+
+def _spec_key(spec: ConvTransposeSpec, dtype) -> str:
+    return f"{np.dtype(dtype).name}:{spec!r}"
+
+
+def _kernels(fwd: str, grads: str):
+    from ._plan import PhaseKernels
+
+    lowering = "gemm" if "gemm" in fwd + grads else "conv"
+    return PhaseKernels(lowering, fwd, grads, grads)
+
+
+def _time_kernels(spec: ConvTransposeSpec, dtype, fwd_kernels, grad_kernels):
+    """Seconds (best of a few runs) of each forward and each gradient kernel."""
+    import jax
+    import jax.numpy as jnp
+
+    from .formulations.phase import primitives as prims
+
+    rng = np.random.default_rng(0)
+
+    def best(f, *args):
+        jax.block_until_ready(f(*args))
+        out = math.inf
+        for _ in range(3):
+            t = time.perf_counter()
+            jax.block_until_ready(f(*args))
+            out = min(out, time.perf_counter() - t)
+        return out
+
+    params = dict(spec=spec, precision=None, preferred_element_type=None)
+    times = {}
+    with jax.ensure_compile_time_eval():  # run now, also while an outer jit traces
+        x = jnp.asarray(rng.standard_normal(spec.input_shape), dtype)
+        w = jnp.asarray(rng.standard_normal(spec.weight_shape), dtype)
+        g = jnp.asarray(rng.standard_normal(spec.output_shape), dtype)
+        for k in fwd_kernels:
+            kern = _kernels(k, grad_kernels[0])
+            f = jax.jit(lambda x, w, kern=kern: prims.forward_p.bind(x, w, kernels=kern, **params))
+            times["forward", k] = best(f, x, w)
+        for k in grad_kernels:
+            kern = _kernels(fwd_kernels[0], k)
+
+            def both(x, w, g, kern=kern):
+                dx = prims.input_grad_p.bind(g, w, kernels=kern, **params)
+                return dx, prims.weight_grad_p.bind(x, g, kernels=kern, **params)
+
+            times["grads", k] = best(jax.jit(both), x, w, g)
+    return times
+
+
+def _measured(spec: ConvTransposeSpec, dtype, fwd_c, grad_c) -> tuple[str, str, str]:
+    path = _autotune_path(machine_key())
+    key = _spec_key(spec, dtype)
+    entry = _read(path).get(key)
+    if entry and entry.get("forward") in fwd_c and entry.get("grads") in grad_c:
+        return entry["forward"], entry["grads"], "measured (cached)"
+    times = _time_kernels(spec, dtype, fwd_c, grad_c)
+    fwd = min(fwd_c, key=lambda k: times["forward", k])
+    grads = min(grad_c, key=lambda k: times["grads", k])
+    data = _read(path)
+    data[key] = {
+        "forward": fwd,
+        "grads": grads,
+        "times_ms": {f"{a}:{b}": round(v * 1e3, 4) for (a, b), v in times.items()},
+    }
+    _write(path, data)
+    return fwd, grads, "measured: " + _describe(times)
+
+
+def _describe(times) -> str:
+    parts = []
+    for which in ("forward", "grads"):
+        ts = sorted((v, k) for (w, k), v in times.items() if w == which)
+        parts.append(f"{which} " + " vs ".join(f"{k} {v * 1e3:.3g} ms" for v, k in ts))
+    return "; ".join(parts)
+
+
+def choose(spec: ConvTransposeSpec, dtype) -> tuple[str, str, str]:
+    """``(forward kernel, gradient kernel, reason)`` for ``spec`` on one CPU device."""
+    fwd_c, grad_c = candidates(spec, dtype)
+    if autotune_enabled() and spec.batch > 0 and (len(fwd_c) > 1 or len(grad_c) > 1):
+        return _measured(spec, dtype, fwd_c, grad_c)
+    m_ = machine()
+    times = {}
+    for k in fwd_c:
+        times["forward", k] = estimate(spec, dtype, k, "forward", m_)
+    for k in grad_c:
+        times["grads", k] = estimate(spec, dtype, k, "grads", m_)
+    fwd = min(fwd_c, key=lambda k: times["forward", k])
+    grads = min(grad_c, key=lambda k: times["grads", k])
+    return fwd, grads, f"cost model ({m_.source}): " + _describe(times)

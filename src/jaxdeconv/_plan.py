@@ -8,7 +8,8 @@ both gradients, and again under ``vmap``), :mod:`jaxdeconv.sharding` and every
 report (``jaxdeconv bench``, ``verify``, :func:`jaxdeconv.plan`) read this plan;
 none of them re-derives it.
 
-The phase kernels on one CPU device come from :mod:`jaxdeconv._cost`; elsewhere
+The phase kernels on one CPU device come from :mod:`jaxdeconv._cost` (a cost
+model, or measured times in its opt-in measured mode); elsewhere
 the rules are structural: on a mesh only what XLA's partitioner splits with halo
 exchanges, on GPU and TPU the convolutions XLA hands to cuDNN or the TPU's convolution units.
 """
@@ -53,6 +54,8 @@ class PhaseKernels:
         where the partitioner would gather the folded activation).
       backend, on_mesh: what the kernels were chosen for, so that a changed spec
         (under ``vmap``) is planned for the same place.
+      reason: why these kernels (the cost model's estimates, or the measured
+        times); not part of the kernels' identity.
     """
 
     lowering: str
@@ -62,6 +65,7 @@ class PhaseKernels:
     fold_leading: bool = True
     backend: str = "cpu"
     on_mesh: bool = False
+    reason: str = dataclasses.field(default="", compare=False)
 
     def __post_init__(self):
         if self.forward not in FORWARD_KERNELS:
@@ -153,7 +157,6 @@ def elementwise(spec: ConvTransposeSpec) -> bool:
 STRATEGIES = ("cols", "phase", "convs")
 
 
-@functools.lru_cache(maxsize=4096)
 def phase_kernels(
     spec: ConvTransposeSpec,
     dtype,
@@ -164,28 +167,49 @@ def phase_kernels(
 ) -> PhaseKernels:
     """The phase primitives' kernels for ``spec`` on ``backend``.
 
-    On one CPU device the cost model (:func:`jaxdeconv._cost.cpu_strategy`) picks
-    one of :data:`STRATEGIES`; ``strategy`` overrides it (a GEMM strategy where
-    the GEMM lowering cannot serve ``spec`` is a ``ValueError``). Elsewhere the
-    convolutions (``"convs"``).
+    On one CPU device the cost model (:func:`jaxdeconv._cost.choose`) picks the
+    cheapest forward kernel and the cheapest gradient kernels that apply (or, in
+    measured mode, the fastest measured); ``strategy`` (one of :data:`STRATEGIES`)
+    forces a combination: ``"cols"`` GEMM + col2im with im2col'd GEMM gradients,
+    ``"phase"`` the phase convolutions with their GEMM transposes, ``"convs"`` the
+    convolution lowering (a GEMM strategy where the GEMM lowering cannot serve
+    ``spec`` is a ``ValueError``). Elsewhere the convolutions (``"convs"``).
     """
-    dtype = np.dtype(dtype)
+    return _phase_kernels(
+        spec,
+        np.dtype(dtype),
+        backend=backend,
+        on_mesh=on_mesh,
+        strategy=strategy,
+        autotune=_cost.autotune_enabled(),
+    )
+
+
+@functools.lru_cache(maxsize=4096)
+def _phase_kernels(spec, dtype, *, backend, on_mesh, strategy, autotune) -> PhaseKernels:
+    del autotune  # part of the cache key only
     if strategy is not None and strategy not in STRATEGIES:
         raise ValueError(f"strategy={strategy!r} is not one of {STRATEGIES}")
     local_cpu = backend == "cpu" and not on_mesh
     if strategy in ("cols", "phase") and not (local_cpu and _cost.gemm_applies(spec, dtype)):
         raise ValueError(
-            f"strategy={strategy!r} needs the GEMM lowering: one CPU device, groups=1 and "
+            f"strategy={strategy!r} needs the GEMM lowering: one CPU device, channels-first "
+            f"if grouped, and "
             f"buffers under {_cost.MAX_COLS_BYTES} bytes; got groups={spec.groups}, "
             f"backend={backend!r}, on_mesh={on_mesh}"
         )
-    chosen = strategy or (_cost.cpu_strategy(spec, dtype) if local_cpu else "convs")
-    if chosen == "phase":
+    if strategy == "phase":
+        if spec.groups != 1:
+            raise ValueError(f"strategy='phase' needs groups=1, got groups={spec.groups}")
         return PhaseKernels("gemm", "phase_convs", "gemm_phase", "gemm_phase")
-    if chosen == "cols":
+    if strategy == "cols":
         grads = "gemm_cols_nhwc" if _cost.cols_grads_via_nhwc(spec, dtype) else "gemm_cols"
         return PhaseKernels("gemm", "gemm_cols", grads, grads)
     ew = elementwise(spec)
+    if local_cpu and strategy is None and not ew:
+        fwd, grads, reason = _cost.choose(spec, dtype)
+        lowering = "gemm" if "gemm" in fwd + grads else "conv"
+        return PhaseKernels(lowering, fwd, grads, grads, reason=reason)
     return PhaseKernels(
         "conv",
         "elementwise" if ew else "phase_convs",
@@ -194,10 +218,10 @@ def phase_kernels(
         fold_leading=not on_mesh,
         backend=backend,
         on_mesh=on_mesh,
+        reason="depthwise-like: fused per-tap products" if ew else "",
     )
 
 
-@functools.lru_cache(maxsize=4096)
 def make_plan(
     spec: ConvTransposeSpec,
     dtype,
@@ -218,7 +242,14 @@ def make_plan(
         partition with halo exchanges only, as :mod:`jaxdeconv.sharding` asks).
     """
     backend = backend or jax.default_backend()
-    dtype = np.dtype(dtype)
+    return _make_plan(
+        spec, np.dtype(dtype), method, backend, on_mesh, autotune=_cost.autotune_enabled()
+    )
+
+
+@functools.lru_cache(maxsize=4096)
+def _make_plan(spec, dtype, method, backend, on_mesh, *, autotune) -> Plan:
+    del autotune  # part of the cache key only
     if method == "auto":
         if on_mesh:
             name = "lhs_dilated"
@@ -239,4 +270,6 @@ def make_plan(
     kernels = None
     if name == "phase" and not per_group:
         kernels = phase_kernels(spec, dtype, backend=backend, on_mesh=on_mesh)
+        if kernels.reason:
+            reason = f"{reason}; {kernels.reason}"
     return Plan(method, name, per_group, kernels, backend, on_mesh, reason)

@@ -1,4 +1,5 @@
-"""GEMM lowerings of the zero-free transposed convolution (one group, either layout).
+"""GEMM lowerings of the zero-free transposed convolution (either layout; groups as a
+batch dimension of the GEMMs, channels-first).
 
 The phase primitives (:mod:`.primitives`) lower here on one CPU device when the plan
 (:mod:`jaxdeconv._plan`) says so. Every product below is a plain matrix product of
@@ -8,16 +9,17 @@ useful numbers; no inserted zero is multiplied. Two strategies:
 
 * forward, :func:`forward`: one GEMM of the whole kernel with the input,
   ``cols[C_out * K, N * in] = W^T @ X``, then col2im: tap ``j`` of input ``i`` lands
-  on full-result position ``i * s + j * d``, so each output phase is a sum of
-  shifted tap planes, and the phases are interleaved. XLA fuses the overlap-add,
-  the interleave and the crop into one pass;
+  on full-result position ``i * s + j * d = (i + a) * s + r``, so the taps of one
+  shift ``a`` fill residues ``r`` of output row ``i + a`` and the overlap-add is a
+  sum of ``prod(ceil(k * d / s))`` shifted slices of ``cols`` (:func:`col2im`; one
+  per shift, not per tap, so the program does not grow with the taps; ``k = s`` is a
+  reshape). XLA fuses the overlap-add, the interleave and the crop;
 * gradients: ``G[C_out * K, N * in]``, the output cotangent read at the positions
   ``i * s + j * d`` of every tap (im2col with stride), serves both ``dX = W @ G`` and
   ``dW = X @ G^T``. The two gradient primitives build ``G`` with the same
   operations, so in one program XLA computes it once (common subexpressions).
 
-``"phase"`` (where every output phase is one dense convolution and ``C_in`` is
-small, so the GEMMs above would have a short inner dimension):
+``"phase"`` (the cost model, :mod:`jaxdeconv._cost`, picks each kernel):
 
 * forward: the phase convolutions of :mod:`.conv`;
 * gradients: the transposes of those convolutions written as GEMMs. With ``P`` the
@@ -41,6 +43,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import math
 
 import jax
 import jax.numpy as jnp
@@ -73,16 +76,147 @@ def _from_cn(a: jax.Array, spec: ConvTransposeSpec) -> jax.Array:
     return jnp.moveaxis(a, 0, -1) if spec.channels_last else jnp.swapaxes(a, 0, 1)
 
 
+def _r(start, n):
+    return list(range(start, start + n))
+
+
+def _geometry(spec):
+    """Per dimension ``(s_eff, A, Q, shifts)`` of the tap/residue regrouping.
+
+    Tap ``j`` of input ``i`` lands on ``i * s + j * d = (i + a) * s + r`` with
+    ``a, r = divmod(j * d, s)``: output row ``q = i + a`` (``Q = in + A - 1`` rows,
+    ``A = ceil(kv / s)``, ``kv = (k - 1) * d + 1``) at residue ``r``. The taps of one
+    shift ``a`` are a contiguous range ``[j0, j1)`` whose residues run from ``r0`` in
+    steps of ``d``; ``shifts`` lists the non-empty ``(a, j0, j1, r0)``. So the
+    overlap-add is a sum of at most ``prod(A)`` shifted planes, and ``k * d <= s``
+    (``A == 1``) is a pure reshape. A dimension with one input position may take any
+    stride of at least ``kv``: it takes ``kv`` (no overlap, ``A == 1``).
+    """
+    geo = []
+    for k, s, d, i in zip(spec.kernel_size, spec.stride, spec.dilation, spec.input_size):
+        kv = (k - 1) * d + 1
+        se = max(s, kv) if i == 1 else s
+        a_count = -(-kv // se)
+        shifts = []
+        for a in range(a_count):
+            j0 = -(-a * se // d)
+            j1 = min(k, -(-(a + 1) * se // d))
+            if j0 < j1:
+                shifts.append((a, j0, j1, j0 * d - a * se))
+        geo.append((se, a_count, i + a_count - 1, tuple(shifts)))
+    return geo
+
+
+def _spatial_crop(spec, geo, sign):
+    """``(lo, hi)`` per dimension between the output and ``[Q * s_eff]`` (``sign=1``:
+    crop the latter to the former; ``-1``: pad the former to the latter)."""
+    out = []
+    for (lo, hi), (se, _, q, _), i, s, k, d in zip(
+        spec.crop, geo, spec.input_size, spec.stride, spec.kernel_size, spec.dilation
+    ):
+        full = (i - 1) * s + (k - 1) * d + 1
+        out.append((sign * lo, sign * (hi + q * se - full)))
+    return out
+
+
+def col2im(c, spec, tap_axes, in_axes, acc):
+    """The overlap-add of ``c`` (tap axes ``tap_axes``, input axes ``in_axes``, any
+    others) -> the output: each tap axis becomes the output's spatial axis (the
+    input axis is dropped), cropped (or extended) by ``spec.crop``.
+
+    The program has one shifted add per non-empty shift (see :func:`_geometry`),
+    not one per tap, and reads ``c`` in place (no transposed or padded copy).
+    """
+    geo = _geometry(spec)
+    zero = jnp.zeros((), acc)
+    y = None
+    for combo in itertools.product(*(g[3] for g in geo)):
+        start, limit = [0] * c.ndim, list(c.shape)
+        pads = [(0, 0, 0)] * c.ndim
+        for ax, iax, (a, j0, j1, r0), (se, a_count, _, _), d in zip(
+            tap_axes, in_axes, combo, geo, spec.dilation
+        ):
+            start[ax], limit[ax] = j0, j1
+            pads[ax] = (r0, se - r0 - (j1 - j0 - 1) * d - 1, d - 1)  # taps -> residues
+            pads[iax] = (a, a_count - 1 - a, 0)  # inputs -> rows
+        t = lax.pad(lax.slice(c, start, limit).astype(acc), zero, pads)
+        y = t if y is None else y + t
+    # rows Q and residues s of each dimension next to each other: [.., Q, s, ..]
+    others = [ax for ax in range(c.ndim) if ax not in tap_axes and ax not in in_axes]
+    order = sorted(others + list(in_axes), key=lambda ax: ax)
+    perm = []
+    for ax in order:
+        perm.append(ax)
+        if ax in in_axes:
+            perm.append(tap_axes[in_axes.index(ax)])
+    y = y.transpose(perm)
+    shape = []
+    for ax in order:
+        if ax in in_axes:
+            m = in_axes.index(ax)
+            shape.append(geo[m][2] * geo[m][0])
+        else:
+            shape.append(c.shape[ax])
+    y = y.reshape(shape)
+    crop = [(0, 0, 0)] * y.ndim
+    spatial = [order.index(ax) for ax in in_axes]
+    for ax, (lo, hi) in zip(spatial, _spatial_crop(spec, geo, -1)):
+        crop[ax] = (lo, hi, 0)
+    return lax.pad(y, zero, crop)
+
+
+def im2col(a, spec, sp_axes, tap_at):
+    """``a`` (an output-sized activation, spatial axes ``sp_axes``) at the full-result
+    positions ``i * s + j * d`` of every tap ``j`` and input ``i`` (im2col with
+    stride, the adjoint of :func:`col2im`): ``a``'s layout with each spatial axis
+    replaced by its input axis and the ``n`` tap axes inserted at ``tap_at``. One
+    slice per non-empty shift (:func:`_geometry`), not one per tap.
+    """
+    n = spec.ndim
+    geo = _geometry(spec)
+    pads = [(0, 0, 0)] * a.ndim
+    for ax, (lo, hi) in zip(sp_axes, _spatial_crop(spec, geo, 1)):
+        pads[ax] = (lo, hi, 0)
+    ap = lax.pad(a, jnp.zeros((), a.dtype), pads)
+    shape, pos = [], {}  # each spatial axis -> (Q, s): pos[m] = the Q axis
+    for ax in range(a.ndim):
+        if ax in sp_axes:
+            m = sp_axes.index(ax)
+            pos[m] = len(shape)
+            shape += [geo[m][2], geo[m][0]]
+        else:
+            shape.append(ap.shape[ax])
+    ap = ap.reshape(shape)
+
+    def plane(combo):
+        start, limit, strides = [0] * ap.ndim, list(ap.shape), [1] * ap.ndim
+        for m, ((sh, j0, j1, r0), i, d) in enumerate(zip(combo, spec.input_size, spec.dilation)):
+            start[pos[m]], limit[pos[m]] = sh, sh + i
+            start[pos[m] + 1], limit[pos[m] + 1] = r0, r0 + (j1 - j0 - 1) * d + 1
+            strides[pos[m] + 1] = d
+        return lax.slice(ap, start, limit, strides)  # [.., in, taps of the shift, ..]
+
+    def cat(prefix):
+        m = len(prefix)
+        if m == n:
+            return plane(prefix)
+        parts = [cat((*prefix, sh)) for sh in geo[m][3]]
+        return parts[0] if len(parts) == 1 else jnp.concatenate(parts, pos[m] + 1)
+
+    g = cat(())  # [.., in_m, k_m, ..]
+    taps = [pos[m] + 1 for m in range(n)]
+    rest = [ax for ax in range(g.ndim) if ax not in taps]
+    return g.transpose(rest[:tap_at] + taps + rest[tap_at:])
+
+
 def forward(x, w, *, spec, precision, preferred_element_type):
     """GEMM + col2im (see the module docstring), in spec's layout."""
     n = spec.ndim
     w = weight_to_torch(w, spec)
     ci, co = spec.in_channels, spec.out_channels
-    size, s, d, k = spec.input_size, spec.stride, spec.dilation, spec.kernel_size
+    size, k = spec.input_size, spec.kernel_size
     dtype = jnp.result_type(x.dtype, w.dtype)
     acc = _acc_dtype(dtype, preferred_element_type)
-    full = [(i - 1) * st + dd * (kk - 1) + 1 for i, st, dd, kk in zip(size, s, d, k)]
-    q = [-(-f // st) for f, st in zip(full, s)]
     if spec.channels_last:
         # The input is already X[N * in, C_in]: cols[N, *in, K, C_out] = X @ W, the
         # weight arranged [C_in, K, C_out] so that each tap's plane keeps C_out
@@ -94,12 +228,19 @@ def forward(x, w, *, spec, precision, preferred_element_type):
             precision=precision,
             preferred_element_type=acc,
         ).reshape(spec.batch, *size, *k, co)
-        sp = list(range(1, n + 1))  # the spatial axes of a plane [N, *in, C_out]
-
-        def plane(tap):
-            return cols[(slice(None), *(slice(None),) * n, *tap, slice(None))]
-
-        blank = (spec.batch, *q, co)
+        y = col2im(cols, spec, _r(n + 1, n), _r(1, n), acc)  # [N, *out, C_out]
+    elif spec.groups > 1:
+        # One GEMM per group, the group a batch dimension of one dot_general:
+        # cols[g, C_out/g * K, N * in] = W_g^T @ X_g, groups major in C_out as in torch.
+        grp = spec.groups
+        cols = lax.dot_general(
+            lax.optimization_barrier(w.reshape(grp, ci // grp, -1).transpose(0, 2, 1)),
+            _to_cn(x, spec).reshape(grp, ci // grp, -1),
+            (((2,), (1,)), ((0,), (0,))),
+            precision=precision,
+            preferred_element_type=acc,
+        ).reshape(co, *k, spec.batch, *size)
+        y = jnp.swapaxes(col2im(cols, spec, _r(1, n), _r(n + 2, n), acc), 0, 1)
     elif w.size <= x.size:
         # cols[C_out * K, N * in] = W^T @ X. W^T is materialized (the barrier keeps XLA
         # from folding the transpose back into the product): XLA:CPU hands only
@@ -112,12 +253,8 @@ def forward(x, w, *, spec, precision, preferred_element_type):
             precision=precision,
             preferred_element_type=acc,
         ).reshape(co, *k, spec.batch, *size)
-        sp = list(range(2, n + 2))  # planes [C_out, N, *in]
-
-        def plane(tap):
-            return cols[(slice(None), *tap)]
-
-        blank = (co, spec.batch, *q)
+        y = col2im(cols, spec, _r(1, n), _r(n + 2, n), acc)  # [C_out, N, *out]
+        y = jnp.swapaxes(y, 0, 1)
     else:
         # A weight larger than the input (deep, small layers): transpose the input
         # instead, cols[N * in, C_out * K] = X^T @ W.
@@ -129,40 +266,8 @@ def forward(x, w, *, spec, precision, preferred_element_type):
             precision=precision,
             preferred_element_type=acc,
         ).reshape(spec.batch, *size, co, *k)
-        sp = list(range(2, n + 2))
-
-        def plane(tap):
-            return jnp.moveaxis(cols[(Ellipsis, *tap)], -1, 0)
-
-        blank = (co, spec.batch, *q)
-
-    zero = jnp.zeros((), acc)
-    phases: dict[tuple[int, ...], jax.Array] = {}
-    for tap in itertools.product(*(range(kk) for kk in k)):
-        r = tuple((j * dd) % st for j, dd, st in zip(tap, d, s))
-        t = plane(tap)
-        pads = [(0, 0, 0)] * t.ndim
-        for ax, j, dd, st, qq, i in zip(sp, tap, d, s, q, size):
-            q0 = (j * dd) // st
-            pads[ax] = (q0, qq - i - q0, 0)
-        t = lax.pad(t, zero, pads)
-        phases[r] = t + phases[r] if r in phases else t
-    parts = [
-        phases.get(r, jnp.zeros(blank, acc)) for r in itertools.product(*(range(st) for st in s))
-    ]
-    y = jnp.stack(parts).reshape(*s, *blank)
-    interleaved = [a for i in range(n) for a in (n + sp[i], i)]  # q_0, s_0, q_1, s_1...
-    spatial = [qq * st for qq, st in zip(q, s)]
-    if spec.channels_last:  # [*s, N, *q, C_out]
-        y = y.transpose([n, *interleaved, 2 * n + 1]).reshape(spec.batch, *spatial, co)
-    else:  # [*s, C_out, N, *q]
-        y = y.transpose([n + 1, n, *interleaved]).reshape(spec.batch, co, *spatial)
-    # Crop to the output (a negative crop extends with zeros, as output_padding does).
-    crop = [(0, 0, 0)] * y.ndim
-    axes = range(1, n + 1) if spec.channels_last else range(2, n + 2)
-    for ax, (lo, hi), qq, st, f in zip(axes, spec.crop, q, s, full):
-        crop[ax] = (-lo, -hi - (qq * st - f), 0)
-    return lax.pad(y, zero, crop).astype(out_dtype(dtype, preferred_element_type))
+        y = jnp.moveaxis(col2im(cols, spec, _r(n + 2, n), _r(1, n), acc), -1, 1)
+    return y.astype(out_dtype(dtype, preferred_element_type))
 
 
 def tap_planes(a, axes, spec):
@@ -185,13 +290,10 @@ def cotangent_cols(g, spec):
     Channels-first: ``G[C_out * K, N * in]``; channels-last: ``G[N * in, K * C_out]``
     (each layout's contiguous axis stays contiguous).
     """
-    n, cl = spec.ndim, spec.channels_last
-    a = g if cl else _to_cn(g, spec)  # [N, *out, C] or [C, N, *out]
-    axes = list(range(1, n + 1)) if cl else list(range(2, n + 2))
-    planes = [plane for _, plane in tap_planes(a, axes, spec)]
-    if cl:
-        return jnp.stack(planes, -2).reshape(-1, len(planes) * spec.out_channels)
-    return jnp.stack(planes, 1).reshape(spec.out_channels * len(planes), -1)
+    n, rows = spec.ndim, spec.out_channels * math.prod(spec.kernel_size)
+    if spec.channels_last:  # [N, *out, C] -> [N, *in, *k, C]
+        return im2col(g, spec, _r(1, n), 1 + n).reshape(-1, rows)
+    return im2col(_to_cn(g, spec), spec, _r(2, n), 1).reshape(rows, -1)  # [C, *k, N, *in]
 
 
 # ----------------------------------------------------------------------------- phase GEMMs
@@ -327,6 +429,16 @@ def input_grad(g, w, *, spec, precision, preferred_element_type, strategy, nhwc=
             precision=precision,
             preferred_element_type=acc,
         ).reshape(spec.batch, *spec.input_size, ci)
+    elif spec.groups > 1:  # per group dX_g = W_g @ G_g, the group a batch dimension
+        ci, grp = spec.in_channels, spec.groups
+        dx = lax.dot_general(
+            w.reshape(grp, ci // grp, -1),
+            cotangent_cols(g, spec).reshape(grp, -1, spec.batch * math.prod(spec.input_size)),
+            (((2,), (1,)), ((0,), (0,))),
+            precision=precision,
+            preferred_element_type=acc,
+        )
+        dx = _from_cn(dx.reshape(ci, spec.batch, *spec.input_size), spec)
     else:
         ci = spec.in_channels
         dx = lax.dot_general(
@@ -367,6 +479,15 @@ def weight_grad(x, g, *, spec, precision, preferred_element_type, strategy, nhwc
             preferred_element_type=acc,
         ).reshape(ci, *spec.kernel_size, spec.out_channels)
         dw = jnp.moveaxis(dw, 0, -2)
+    elif spec.groups > 1:  # per group dW_g = X_g @ G_g^T
+        ci, grp = spec.in_channels, spec.groups
+        dw = lax.dot_general(
+            x.swapaxes(0, 1).reshape(grp, ci // grp, -1),
+            cotangent_cols(g, spec).reshape(grp, -1, spec.batch * math.prod(spec.input_size)),
+            (((2,), (2,)), ((0,), (0,))),
+            precision=precision,
+            preferred_element_type=acc,
+        ).reshape(spec.weight_shape)
     else:
         ci = spec.in_channels
         dw = lax.dot_general(

@@ -1,0 +1,143 @@
+"""The planner's cost model, its calibration and its measured mode (``jaxdeconv._cost``)."""
+
+import dataclasses
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import jaxdeconv
+from jaxdeconv import _cost, make_spec
+from jaxdeconv._plan import phase_kernels
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    """An empty cache directory, and planner caches that forget earlier plans."""
+    monkeypatch.setenv("JAXDECONV_CACHE_DIR", str(tmp_path))
+    monkeypatch.delenv("JAXDECONV_AUTOTUNE", raising=False)
+    from jaxdeconv import _plan
+
+    _plan._phase_kernels.cache_clear()
+    _plan._make_plan.cache_clear()
+    _cost._machine_for.cache_clear()
+    yield tmp_path
+    _plan._phase_kernels.cache_clear()
+    _plan._make_plan.cache_clear()
+    _cost._machine_for.cache_clear()
+
+
+DCGAN_FIRST = make_spec((64, 100, 1, 1), (100, 512, 4, 4), 1)
+
+
+def test_dcgan_projection_is_one_gemm():
+    """The 1x1 -> 4x4 projection: one GEMM, and col2im is a reshape (no pad, no add)."""
+    k = phase_kernels(DCGAN_FIRST, np.float32)
+    assert k.forward == "gemm_cols" and k.input_grad.startswith("gemm_cols"), k
+    assert "cost model" in k.reason
+    x, w = jnp.ones(DCGAN_FIRST.input_shape), jnp.ones(DCGAN_FIRST.weight_shape)
+    jaxpr = jax.make_jaxpr(lambda x, w: jaxdeconv.conv_transpose(x, w))(x, w)
+    hlo = jax.jit(lambda x, w: jaxdeconv.conv_transpose(x, w)).lower(x, w).compile().as_text()
+    assert hlo.count(" dot(") + hlo.count("__ynn_fusion") >= 1
+    assert " add(" not in hlo and "convolution(" not in hlo, jaxpr
+
+
+def test_plan_says_why():
+    x = jax.ShapeDtypeStruct(DCGAN_FIRST.input_shape, "float32")
+    w = jax.ShapeDtypeStruct(DCGAN_FIRST.weight_shape, "float32")
+    p = jaxdeconv.plan(x, w, backend="cpu", on_mesh=False)
+    assert "cost model" in p.reason and "gemm_cols" in p.reason and " ms" in p.reason
+
+
+def test_estimates_are_positive_and_every_candidate_is_costed():
+    spec = make_spec((8, 64, 16, 16), (64, 32, 3, 3), 2, 1, 1)
+    fwd, grads = _cost.candidates(spec, np.float32)
+    assert fwd == ("gemm_cols", "phase_convs") and "convs" in grads and "gemm_phase" in grads
+    for which, kinds in (("forward", fwd), ("grads", grads)):
+        for kind in kinds:
+            assert 0 < _cost.estimate(spec, np.float32, kind, which, _cost.DEFAULT_MACHINE) < 1
+
+
+def test_many_taps_take_no_unrolled_kernel():
+    """Kernels that unroll per tap or per phase are no candidates for 4096 taps."""
+    spec = make_spec((1, 2, 4, 4, 4), (2, 2, 16, 16, 16), 16)
+    fwd, grads = _cost.candidates(spec, np.float32)
+    assert fwd == ("gemm_cols",) and grads == ("gemm_cols_nhwc",)
+
+
+def test_key_changes_with_the_device_kind_and_versions(monkeypatch):
+    key = _cost.machine_key()
+    assert key == _cost.machine_key() and len(key) == 16
+    assert _cost.machine_key("some other device") != key
+    monkeypatch.setattr(jax, "__version__", "0.0.0")
+    assert _cost.machine_key() != key
+
+
+def test_calibration_round_trip(cache):
+    assert _cost.machine() == _cost.DEFAULT_MACHINE  # no file: the defaults
+    m = _cost.calibrate(seconds=0.01)
+    assert m.gemm_peak > 1e8 and m.bandwidth > 1e7 and m.source.startswith("calibrated")
+    files = list(cache.glob("calibration-*.json"))
+    assert [f.name for f in files] == [f"calibration-{_cost.machine_key()}.json"]
+    assert _cost.machine() == m
+    # another jax version or device does not read it
+    other = cache / f"calibration-{_cost.machine_key('other')}.json"
+    assert not other.exists()
+    # a corrupt or foreign file falls back to the defaults
+    files[0].write_text(json.dumps({"nonsense": 1}))
+    _cost._machine_for.cache_clear()
+    assert _cost.machine() == _cost.DEFAULT_MACHINE
+
+
+def test_measured_mode_writes_and_reuses_the_cache(cache, monkeypatch):
+    spec = make_spec((2, 8, 6, 6), (8, 4, 4, 4), 2, 1)
+    with _cost.autotune():
+        k = phase_kernels(spec, np.float32)
+    assert k.reason.startswith("measured:"), k.reason
+    (path,) = cache.glob("autotune-*.json")
+    assert path.name == f"autotune-{_cost.machine_key()}.json"
+    entry = json.loads(path.read_text())[_cost._spec_key(spec, np.float32)]
+    assert entry["forward"] == k.forward and entry["grads"] == k.input_grad
+    assert any(t.startswith("forward:") for t in entry["times_ms"])
+
+    # A new process (planner caches cleared) reuses it without timing anything.
+    from jaxdeconv import _plan
+
+    _plan._phase_kernels.cache_clear()
+
+    def no_timing(*a, **k):
+        raise AssertionError("measured again")
+
+    monkeypatch.setattr(_cost, "_time_kernels", no_timing)
+    monkeypatch.setenv("JAXDECONV_AUTOTUNE", "1")
+    again = phase_kernels(spec, np.float32)
+    assert again == k and again.reason == "measured (cached)"
+    # Another machine key misses.
+    monkeypatch.setattr(_cost, "machine_key", lambda device_kind=None: "another-machine")
+    _plan._phase_kernels.cache_clear()
+    with pytest.raises(AssertionError, match="measured again"):
+        phase_kernels(spec, np.float32)
+
+
+def test_measured_mode_inside_jit(cache, rng):
+    """Planning under jit measures on concrete arrays of the layer's shapes."""
+    spec = make_spec((1, 4, 5, 5), (4, 3, 3, 3), 2, 1)
+    x = rng.standard_normal(spec.input_shape).astype(np.float32)
+    w = rng.standard_normal(spec.weight_shape).astype(np.float32)
+    with _cost.autotune():
+        y = jax.jit(lambda x, w: jaxdeconv.conv_transpose(x, w, stride=2, padding=1))(x, w)
+    ref = jaxdeconv.testing.numpy_reference(x, w, spec)
+    np.testing.assert_allclose(y, ref, rtol=1e-4, atol=1e-4)
+    assert list(cache.glob("autotune-*.json"))
+
+
+def test_machine_figures_change_the_choice():
+    """The estimate follows the figures: a machine with slow GEMMs takes convolutions."""
+    spec = make_spec((8, 64, 16, 16), (64, 32, 4, 4), 2, 1)
+    slow_gemm = dataclasses.replace(_cost.DEFAULT_MACHINE, gemm_peak=1e9)
+    fast = _cost.estimate(spec, np.float32, "gemm_cols", "forward", _cost.DEFAULT_MACHINE)
+    slow = _cost.estimate(spec, np.float32, "gemm_cols", "forward", slow_gemm)
+    conv = _cost.estimate(spec, np.float32, "phase_convs", "forward", slow_gemm)
+    assert slow > fast and conv < slow
