@@ -212,7 +212,7 @@ def test_plan_says_what_runs_and_can_be_forced(rng):
     forced = jaxdeconv.plan(x, w, stride=2, padding=1, strategy="convs")
     assert forced.kernels.lowering == "conv" and "strategy" in forced.reason
     with pytest.raises(ValueError, match="strategy='cols' needs the GEMM lowering"):
-        jaxdeconv.plan(x, w, stride=2, padding=1, groups=2, method="phase", strategy="cols")
+        jaxdeconv.plan(x, w, stride=2, padding=1, on_mesh=True, method="phase", strategy="cols")
     with pytest.raises(ValueError, match="strategy='bogus' is not one of"):
         jaxdeconv.plan(x, w, stride=2, padding=1, strategy="bogus")
     # a plan passed back as method= runs exactly that plan
@@ -224,7 +224,9 @@ def test_plan_says_what_runs_and_can_be_forced(rng):
         y = jaxdeconv.conv_transpose(xa, wa, stride=2, padding=1, method=p)
         np.testing.assert_allclose(np.asarray(y), want, rtol=1e-5, atol=1e-5)
     cols = jaxdeconv.plan(xa, wa, stride=2, padding=1, strategy="cols")
-    grouped = jaxdeconv.plan(xa, wa[:, :1], stride=2, padding=1, groups=2)
-    assert grouped.kernels.lowering == "conv"
+    # grouped channels-last layers have no GEMM lowering: the plan refuses to run there
+    xl, wl = np.moveaxis(xa, 1, -1), np.moveaxis(wa[:, :1], (0, 1), (-2, -1))
+    kw = dict(stride=2, padding=1, groups=2, channels_last=True)
+    assert jaxdeconv.plan(xl, wl, **kw).kernels.lowering == "conv"
     with pytest.raises(ValueError, match="GEMM lowering cannot run this layer"):
-        jaxdeconv.conv_transpose(xa, wa[:, :1], stride=2, padding=1, groups=2, method=cols)
+        jaxdeconv.conv_transpose(xl, wl, **kw, method=cols)

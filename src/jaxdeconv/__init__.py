@@ -15,8 +15,9 @@ need their extras and are imported by name.
 import importlib
 
 from ._api import conv_transpose, conv_transpose1d, conv_transpose2d, conv_transpose3d, plan
+from ._cost import autotune
 from ._init import init_conv_transpose
-from ._plan import PhaseKernels, Plan
+from ._plan import PhaseKernels, Plan, calibrate
 from ._reference import numpy_conv_transpose
 from ._spec import (
     ConvTransposeSpec,
@@ -35,6 +36,8 @@ __all__ = [
     "ConvTransposeSpec",
     "PhaseKernels",
     "Plan",
+    "autotune",
+    "calibrate",
     "conv_transpose",
     "conv_transpose1d",
     "conv_transpose2d",

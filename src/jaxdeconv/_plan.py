@@ -25,7 +25,7 @@ import numpy as np
 from . import _cost
 from ._spec import ConvTransposeSpec
 
-__all__ = ["PhaseKernels", "Plan", "make_plan", "on_several_devices", "phase_kernels"]
+__all__ = ["PhaseKernels", "Plan", "calibrate", "make_plan", "on_several_devices", "phase_kernels"]
 
 # Depthwise-like layers (one input channel per group, few outputs per group): XLA's
 # grouped convolutions are slow there and the work is memory-bound, so each phase is
@@ -273,3 +273,21 @@ def _make_plan(spec, dtype, method, backend, on_mesh, *, autotune) -> Plan:
         if kernels.reason:
             reason = f"{reason}; {kernels.reason}"
     return Plan(method, name, per_group, kernels, backend, on_mesh, reason)
+
+
+def calibrate(*, seconds: float = 0.2):
+    """Measure this machine's GEMM, convolution and copy rates for the cost model.
+
+    The figures are cached on disk (``$JAXDECONV_CACHE_DIR``, default
+    ``~/.cache/jaxdeconv``), keyed by CPU model, CPU count, jax/jaxlib version and
+    device kind, and used by every later plan on a machine with the same key; without
+    a calibration the cost model uses built-in figures. Plans made before are
+    forgotten; programs already compiled keep theirs.
+
+    Returns:
+      The measured figures (a ``jaxdeconv._cost.Machine``).
+    """
+    figures = _cost.calibrate(seconds=seconds)
+    _phase_kernels.cache_clear()
+    _make_plan.cache_clear()
+    return figures
