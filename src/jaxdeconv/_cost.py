@@ -72,6 +72,11 @@ NHWC_MAX_C_IN = 32
 # gradient) or per phase (the phase GEMM gradients, the phase convolutions'
 # interleave) are not candidates beyond these counts: compile time would grow.
 MAX_UNROLLED = 64
+# The phase convolutions (sub-kernel windows, several phases stacked on the output
+# channels, then the interleave) ran at 0.5-0.6 of a plain stride-1 convolution's
+# rate on the bench's layers here (forward, 16 layers timed against GEMM + col2im;
+# jaxdeconv bench, 2026-12-01); the model charges them that fraction of conv_peak.
+PHASE_CONV_RATE = 0.55
 
 
 @dataclasses.dataclass(frozen=True)
@@ -316,7 +321,7 @@ def estimate(spec: ConvTransposeSpec, dtype, kernel: str, which: str, m_: Machin
             pixels = n * math.prod(grp.size for grp in combo)
             rows = len(members) * co // g
             flops = 2.0 * pixels * ci * window * rows
-            t += _conv(m_, flops, ci // g * window, rows, pixels)
+            t += _conv(m_, flops, ci // g * window, rows, pixels) / PHASE_CONV_RATE
             moved += len(members) * pixels * co * item
         return t + moved / bw + 4 * m_.overhead
     if kernel == "gemm_phase":  # dK = Y @ P^T, dP = K^T @ Y, col2im of dP
