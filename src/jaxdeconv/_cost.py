@@ -285,11 +285,15 @@ def _e(x: float, half: float) -> float:
 
 
 def _gemm(m_: Machine, m: int, n: int, k: int) -> float:
+    if not (m and n and k):  # an empty product (e.g. a batch of zero) costs nothing
+        return 0.0
     eff = _e(m, m_.gemm_half) * _e(n, m_.gemm_half) * _e(k, m_.gemm_half)
     return 2.0 * m * n * k / (m_.gemm_peak * eff)
 
 
 def _conv(m_: Machine, flops: float, c_in_taps: int, c_out: int, pixels: int) -> float:
+    if not (flops and c_in_taps and c_out and pixels):
+        return 0.0
     eff = _e(c_in_taps, m_.conv_half) * _e(c_out, m_.conv_half) * _e(pixels, m_.conv_half)
     return flops / (m_.conv_peak * eff)
 
