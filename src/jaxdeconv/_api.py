@@ -206,10 +206,15 @@ def conv_transpose(
       output_size: the wanted spatial output size (leading batch/channel sizes
         are ignored), as in ``torch.nn.ConvTranspose2d.forward(x, output_size)``;
         it sets ``output_padding`` and excludes a non-zero one.
-      method: ``"auto"`` or a formulation: ``"vjp"``, ``"lhs_dilated"``,
-        ``"zero_insertion"`` (see :data:`jaxdeconv.FORMULATIONS`).
+      method: ``"auto"`` (the planner decides, see :func:`plan`), a registered
+        formulation (``"vjp"``, ``"lhs_dilated"``, ``"zero_insertion"``,
+        ``"phase"`` or one added with :func:`jaxdeconv.register`; see
+        :data:`jaxdeconv.FORMULATIONS`), ``"per_group"`` (``"lhs_dilated"`` one
+        group at a time), or a :class:`~jaxdeconv.Plan` from :func:`plan`, run
+        as it is.
       channels_last: layout of input, weight and output (see above).
-      precision: passed to ``lax.conv_general_dilated``.
+      precision: passed to ``lax`` (``None``, a ``jax.lax.Precision``, its name,
+        or a pair); validated first.
       preferred_element_type: accumulation and output dtype, passed to ``lax``.
 
     Returns:
