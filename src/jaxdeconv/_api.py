@@ -136,6 +136,12 @@ def _prepare(
     return x, w, b, spec, unbatched, precision, preferred_element_type
 
 
+def batched_operands(x, w, unbatched: bool):
+    """``x`` batched, and both cast to their promoted dtype: ``(x, w, dtype)``."""
+    dtype = jnp.result_type(x.dtype, w.dtype)
+    return (x[None] if unbatched else x).astype(dtype), w.astype(dtype), dtype
+
+
 def _plan_for(method, spec: ConvTransposeSpec, dtype, *arrays, on_mesh=None) -> Plan:
     """The plan for this call: ``method`` itself if it is a :class:`Plan`."""
     if on_mesh is None:
@@ -279,9 +285,7 @@ def _conv_transpose(input, weight, bias, *args, method, on_mesh=None, **kwargs):
     x, w, b, spec, unbatched, precision, preferred_element_type = _prepare(
         input, weight, bias, *args, **kwargs
     )
-    dtype = jnp.result_type(x.dtype, w.dtype)
-    x = (x[None] if unbatched else x).astype(dtype)
-    w = w.astype(dtype)
+    x, w, dtype = batched_operands(x, w, unbatched)
     chosen = _plan_for(method, spec, dtype, x, w, on_mesh=on_mesh)
     y = run(chosen, x, w, spec, precision=precision, preferred_element_type=preferred_element_type)
     y = add_bias(y, b, spec)

@@ -296,9 +296,7 @@ def conv_transpose_spatial(
         precision=precision,
         preferred_element_type=preferred_element_type,
     )
-    dtype = jnp.result_type(x.dtype, w.dtype)
-    x = (x[None] if unbatched else x).astype(dtype)
-    w = w.astype(dtype)
+    x, w, dtype = _api.batched_operands(x, w, unbatched)
     names = _spatial_axes(spatial_axes, spec.ndim)
     for name in (*names, batch_axis):
         if name is not None and name not in mesh.shape:
