@@ -15,7 +15,13 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from .._layout import dimension_numbers, flipped_kernel, kernel_spatial_axes, spatial_index
+from .._layout import (
+    dimension_numbers,
+    flipped_kernel,
+    kernel_spatial_axes,
+    spatial_axes,
+    spatial_index,
+)
 from .._spec import ConvTransposeSpec
 
 __all__ = [
@@ -186,7 +192,7 @@ def zero_insertion(x, w, spec, *, precision=None, preferred_element_type=None):
     """
     _check_zero_insertion_memory(spec, jnp.result_type(x.dtype, w.dtype))
     n = spec.ndim
-    axes = range(1, n + 1) if spec.channels_last else range(2, n + 2)
+    axes = spatial_axes(spec)
     # Zeros are inserted with lax.pad's interior padding, not a strided scatter:
     # jit of the VJP of a conv fed by a full-window scatter aborts XLA:CPU
     # (jax 0.10.2, "Invalid binary instruction opcode map"), and XLA's SPMD
