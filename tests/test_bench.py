@@ -59,6 +59,7 @@ def test_tiny_run_writes_every_column_and_nothing_into_cwd(tmp_path, monkeypatch
     assert data["variants"] == ["auto", "phase", "lax", "torch"]
     assert set(data["gemm_gflops"]) == {"xla", "torch"}
     assert data["load_start"] and data["load_end"]
+    assert 0 <= data["others"]["others"] <= 1 and 0 <= data["others"]["steal"] <= 1
     for la in data["layers"]:
         assert la["plan"].startswith("phase") and la["reference"] == "torch"
         assert 0 < la["gemm_gflops"]["xla"] <= data["gemm_gflops"]["xla"]

@@ -54,7 +54,8 @@ def test_plan_says_why():
 def test_estimates_are_positive_and_every_candidate_is_costed():
     spec = make_spec((8, 64, 16, 16), (64, 32, 3, 3), 2, 1, 1)
     fwd, grads = _cost.candidates(spec, np.float32)
-    assert fwd == ("gemm_cols", "phase_convs") and "convs" in grads and "gemm_phase" in grads
+    assert fwd == ("gemm_cols", "subpixel", "phase_convs")
+    assert "convs" in grads and "gemm_phase" in grads
     for which, kinds in (("forward", fwd), ("grads", grads)):
         for kind in kinds:
             assert 0 < _cost.estimate(spec, np.float32, kind, which, _cost.DEFAULT_MACHINE) < 1
@@ -64,7 +65,7 @@ def test_many_taps_take_no_unrolled_kernel():
     """Kernels that unroll per tap or per phase are no candidates for 4096 taps."""
     spec = make_spec((1, 2, 4, 4, 4), (2, 2, 16, 16, 16), 16)
     fwd, grads = _cost.candidates(spec, np.float32)
-    assert fwd == ("gemm_cols",) and grads == ("gemm_cols_nhwc",)
+    assert fwd == ("gemm_cols", "subpixel") and grads == ("gemm_cols_nhwc",)
 
 
 def test_key_changes_with_the_device_kind_and_versions(monkeypatch):

@@ -53,6 +53,7 @@ ROUTES = {
     "gemm-cols": PhaseKernels("gemm", "gemm_cols", "gemm_cols", "gemm_cols"),
     "gemm-cols-via-cl": PhaseKernels("gemm", "gemm_cols", "gemm_cols_nhwc", "gemm_cols_nhwc"),
     "gemm-phase": PhaseKernels("gemm", "phase_convs", "gemm_phase", "gemm_phase"),
+    "subpixel": PhaseKernels("gemm", "subpixel", "gemm_cols", "gemm_cols"),
 }
 
 
@@ -68,7 +69,7 @@ def _bind(prim, a, b, spec, kernels):
 
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: f"{len(c[0]) - 2}d-k{c[1][2:]}-s{c[2]}")
-@pytest.mark.parametrize("route", ["conv", "gemm-cols", "gemm-cols-via-cl", "gemm-phase"])
+@pytest.mark.parametrize("route", list(ROUTES))
 @pytest.mark.parametrize("channels_last", [False, True], ids=["cf", "cl"])
 def test_values_and_gradients_match_numpy(case, route, channels_last, rng):
     spec = _spec(case, channels_last)
@@ -123,8 +124,8 @@ def test_preferred_element_type_is_the_output_dtype(rng):
 def test_strategy_rule_on_the_bench_layers():
     """The planner's CPU kernels (``jaxdeconv._cost``'s model, built-in figures) on the
     suite's layers: GEMM + col2im forward unless col2im would move far more bytes than
-    the GEMM takes (large inputs with few channels: DCGAN's 64->32 at 64x64), the phase
-    convolutions there (charged at PHASE_CONV_RATE of a plain convolution's rate); the
+    the GEMM takes (large inputs with few channels: DCGAN's 64->32 at 64x64), the
+    sub-pixel convolution there (k4 s2: one convolution, no padded tap); the
     im2col'd GEMM gradients, the phase GEMM gradients where the phase windows merge
     into one dense convolution with few channels. (The strided-convolution gradients
     measured 1.0-8.6x slower than the im2col'd GEMMs on the issue-13 layers.)"""
@@ -133,7 +134,7 @@ def test_strategy_rule_on_the_bench_layers():
     picks = {name: _strategy(LAYERS[name].spec()) for name in LAYERS}
     assert picks == {
         "dcgan": "gemm_cols / gemm_cols",
-        "dcgan_late": "phase_convs / gemm_phase",
+        "dcgan_late": "subpixel / gemm_phase",
         "unet": "gemm_cols / gemm_cols",  # k == s: col2im is a reshape
         "vae": "gemm_cols / gemm_cols",
         "k3_op1": "gemm_cols / gemm_cols",
@@ -206,10 +207,10 @@ def test_training_step_program(layer):
     """What a jitted forward + backward compiles to (small versions of the bench layers).
 
     GEMM kernels run no convolution at all, the phase convolutions one stride-1
-    convolution per group of phases, and nothing is dilated. The gradients'
-    shared operand (the im2col'd cotangent G, or the cotangent's phases Y) is built once:
-    the two gradient primitives emit the same operations and XLA merges them, so both
-    gradient GEMMs read the same buffer.
+    convolution per group of phases, the sub-pixel kernel one, and nothing is dilated.
+    The gradients' shared operand (the im2col'd cotangent G, or the cotangent's phases
+    Y) is built once: the two gradient primitives emit the same operations and XLA
+    merges them, so both gradient GEMMs read the same buffer.
     """
     spec = LAYERS[layer].spec()
     small = make_spec(
@@ -226,7 +227,7 @@ def test_training_step_program(layer):
     g = jnp.ones(small.output_shape)
     loss = lambda x, w: jnp.sum(_phase.phase(x, w, small) ** 2)  # noqa: E731
     hlo = jax.jit(jax.grad(loss, (0, 1))).lower(x, w).compile().as_text()
-    convs = (kernels.forward == "phase_convs") or (kernels.input_grad == "convs")
+    convs = kernels.forward in ("phase_convs", "subpixel") or kernels.input_grad == "convs"
     n_convs = len(re.findall(r" convolution\(", hlo))
     assert bool(n_convs) == convs
     assert "lhs_dilate" not in hlo and "rhs_dilate" not in hlo
@@ -327,3 +328,56 @@ def test_grouped_cols_match_numpy(case, rng):
     dx_ref, dw_ref, _ = numpy_conv_transpose_vjp(x, w, g, spec)
     np.testing.assert_allclose(dx, dx_ref, rtol=1e-10, atol=1e-10)
     np.testing.assert_allclose(dw, dw_ref, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_subpixel_forward_on_random_layers(seed):
+    """The sub-pixel convolution against NumPy on random layers: rank 1-3, kernel 1-6,
+    stride 1-4 (also above the kernel), dilation, any padding (cropping whole result
+    rows), output_padding, groups, input size 1, both layouts."""
+    rng = np.random.default_rng(seed)
+    kernels = ROUTES["subpixel"]
+    ran = 0
+    while ran < 25:
+        n = int(rng.integers(1, 4))
+        k = [int(rng.integers(1, 7)) for _ in range(n)]
+        s = [int(rng.integers(1, 5)) for _ in range(n)]
+        d = [int(rng.integers(1, 3)) for _ in range(n)]
+        size = [int(rng.integers(1, 6)) for _ in range(n)]
+        groups = int(rng.choice([1, 2]))
+        ci, co = groups * int(rng.integers(1, 3)), groups * int(rng.integers(1, 3))
+        p = [int(rng.integers(0, (kk - 1) * dd + 1)) for kk, dd in zip(k, d)]
+        op = [int(rng.integers(0, max(ss, dd))) for ss, dd in zip(s, d)]
+        cl = bool(rng.random() < 0.3)
+        xs = (2, *size, ci) if cl else (2, ci, *size)
+        ws = (*k, ci, co // groups) if cl else (ci, co // groups, *k)
+        try:
+            spec = make_spec(xs, ws, s, p, op, groups, d, channels_last=cl)
+        except ValueError:  # e.g. an output of size 0
+            continue
+        ran += 1
+        x = rng.standard_normal(spec.input_shape)
+        w = rng.standard_normal(spec.weight_shape)
+        with jax.enable_x64(True):
+            y = jax.jit(lambda x, w, spec=spec: _bind(_phase.forward_p, x, w, spec, kernels))(x, w)
+        np.testing.assert_allclose(y, numpy_reference(x, w, spec), rtol=1e-10, atol=1e-10)
+
+
+def test_subpixel_is_one_convolution_without_zero_taps():
+    """k16 s8 (FCN-8s): the sub-pixel kernel is one stride-1 convolution of 2x2 taps to
+    every phase, no padded tap; its program is one convolution, not one per phase."""
+    from jaxdeconv.formulations.phase import subpixel
+
+    spec = make_spec((1, 21, 8, 8), (21, 21, 16, 16), 8)
+    assert subpixel.window(spec) == (4, 64, 9 * 9)
+    x, w = jnp.ones(spec.input_shape), jnp.ones(spec.weight_shape)
+    hlo = (
+        jax.jit(lambda x, w: _bind(_phase.forward_p, x, w, spec, ROUTES["subpixel"]))
+        .lower(x, w)
+        .compile()
+        .as_text()
+    )
+    assert hlo.count("convolution(") == 1
+    # k3 s2 p1 op1: 2 taps of 2 residues per dimension (one of the four padded); the
+    # 10 outputs start at residue 1, so they span 6 rows per dimension
+    assert subpixel.window(make_spec((1, 2, 5, 5), (2, 2, 3, 3), 2, 1, 1)) == (4, 4, 36)

@@ -77,6 +77,11 @@ MAX_UNROLLED = 64
 # rate on the bench's layers here (forward, 16 layers timed against GEMM + col2im;
 # jaxdeconv bench, 2026-12-01); the model charges them that fraction of conv_peak.
 PHASE_CONV_RATE = 0.55
+COLS_PASSES = 2
+# XLA:CPU runs a dot_general with a batch dimension (the groups of a grouped layer's
+# GEMMs) at about half its plain GEMM's rate here (grouped.g4's cols GEMM against the
+# same products ungrouped; jaxdeconv bench, 2026-12-01).
+BATCHED_GEMM_RATE = 0.5
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,7 +90,7 @@ class Machine:
 
     gemm_peak: float = 200e9
     gemm_half: float = 12.0
-    conv_peak: float = 150e9
+    conv_peak: float = 100e9
     conv_half: float = 24.0
     bandwidth: float = 4e9
     overhead: float = 4e-6
@@ -263,11 +268,11 @@ def candidates(spec: ConvTransposeSpec, dtype) -> tuple[tuple[str, ...], tuple[s
     """The forward kernels and the gradient kernels that may serve ``spec``."""
     gemm = gemm_applies(spec, dtype)
     taps = math.prod(spec.kernel_size)
-    fwd = ["phase_convs"]
+    fwd = ["subpixel"]
+    if math.prod(spec.stride) <= MAX_UNROLLED:  # the interleave unrolls per phase
+        fwd.append("phase_convs")
     grads = ["convs"] if taps <= MAX_UNROLLED else []
     if gemm:
-        if math.prod(spec.stride) > MAX_UNROLLED:  # the interleave unrolls per phase
-            fwd = []
         fwd.insert(0, "gemm_cols")
         grads.insert(0, "gemm_cols_nhwc" if cols_grads_via_nhwc(spec, dtype) else "gemm_cols")
         if spec.groups == 1 and _n_phase_ops(spec) <= 4 * MAX_UNROLLED:
@@ -312,12 +317,22 @@ def estimate(spec: ConvTransposeSpec, dtype, kernel: str, which: str, m_: Machin
     if kernel in ("gemm_cols", "gemm_cols_nhwc"):
         cig, cog = ci // g, co // g
         if which == "forward":  # GEMM into cols, col2im reads it and writes y
-            t = g * _gemm(m_, cog * taps, n * pin, cig)
-            return t + (x_b + w_b + 2 * cols + y_b) / bw + 4 * m_.overhead
+            t = g * _gemm(m_, cog * taps, n * pin, cig) / (BATCHED_GEMM_RATE if g > 1 else 1)
+            return t + (x_b + w_b + COLS_PASSES * cols + y_b) / bw + 4 * m_.overhead
         # im2col (reads g, writes G), dX = W @ G and dW = X @ G^T read G
         t = g * (_gemm(m_, cig, n * pin, cog * taps) + _gemm(m_, cig, cog * taps, n * pin))
+        t /= BATCHED_GEMM_RATE if g > 1 else 1
         extra = 2 * (x_b + y_b) if kernel == "gemm_cols_nhwc" else 0
         return t + (y_b + 3 * cols + 2 * x_b + w_b + extra) / bw + 8 * m_.overhead
+    if kernel == "subpixel" and which == "forward":
+        from .formulations.phase import subpixel  # lazily: the formulations import the planner
+
+        window, residues, rows = subpixel.window(spec)
+        pixels = n * rows
+        flops = 2.0 * pixels * ci * window * residues * co // g
+        t = _conv(m_, flops, ci // g * window, co // g * residues, pixels)
+        y2_b = pixels * co * residues * item  # the convolution's result, then interleaved
+        return t + (x_b + w_b + 2 * y2_b + y_b) / bw + 4 * m_.overhead
     if kernel == "phase_convs" and which == "forward":
         t, moved = 0.0, x_b + 2 * y_b
         for combo, members in phase_plan(spec).convolutions():

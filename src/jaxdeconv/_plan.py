@@ -32,7 +32,7 @@ __all__ = ["PhaseKernels", "Plan", "calibrate", "make_plan", "on_several_devices
 # a fused sum of per-tap products.
 ELEMENTWISE_MAX_OUT_PER_GROUP = 4
 
-FORWARD_KERNELS = ("gemm_cols", "phase_convs", "elementwise")
+FORWARD_KERNELS = ("gemm_cols", "subpixel", "phase_convs", "elementwise")
 GRAD_KERNELS = ("gemm_cols", "gemm_cols_nhwc", "gemm_phase", "convs", "elementwise")
 
 
@@ -43,8 +43,10 @@ class PhaseKernels:
     Attributes:
       lowering: ``"gemm"`` (plain row-major GEMMs, one CPU device) or ``"conv"``
         (stride-1 convolutions, which XLA partitions with halos and hands to cuDNN).
-      forward: ``"gemm_cols"`` (GEMM + col2im), ``"phase_convs"`` (one stride-1
-        convolution per group of phases) or ``"elementwise"`` (per-tap products).
+      forward: ``"gemm_cols"`` (GEMM + col2im), ``"subpixel"`` (one stride-1
+        convolution to every output phase, then depth-to-space), ``"phase_convs"``
+        (one stride-1 convolution per group of phases) or ``"elementwise"``
+        (per-tap products).
       input_grad, weight_grad: ``"gemm_cols"`` (from the im2col'd cotangent),
         ``"gemm_cols_nhwc"`` (the same, computed channels-last),
         ``"gemm_phase"`` (the phase convolutions' transposes as GEMMs), ``"convs"``
@@ -78,6 +80,7 @@ class PhaseKernels:
     def label(self) -> str:
         fwd = {
             "gemm_cols": "GEMM+col2im",
+            "subpixel": "sub-pixel conv",
             "phase_convs": "phase convs",
             "elementwise": "elementwise",
         }[self.forward]

@@ -799,6 +799,38 @@ def _load() -> tuple[str, float]:
     return line or f"load average: {load1:.2f}", load1
 
 
+def _cpu_busy() -> tuple[float, float] | None:
+    """Seconds of CPU time all processes used so far (``/proc/stat``: user, nice, system,
+    irq, softirq) and the time the hypervisor took from this VM (steal); ``None`` where
+    there is no ``/proc/stat``."""
+    try:
+        fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+        ticks = os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
+    v = [int(f) for f in fields] + [0] * 8
+    return (v[0] + v[1] + v[2] + v[5] + v[6]) / ticks, v[7] / ticks
+
+
+def _own_cpu() -> float:
+    """CPU seconds of this process and its finished children (the layers' workers)."""
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
+
+
+def _others(start, end, wall: float) -> dict[str, float] | None:
+    """Which share of the CPUs other processes (and the hypervisor) took during the run:
+    the 1-minute load average counts the bench's own threads, so it cannot tell."""
+    if start is None or end is None or wall <= 0:
+        return None
+    (busy0, steal0, own0), (busy1, steal1, own1) = start, end
+    cpus = os.cpu_count() or 1
+    return {
+        "others": max(0.0, (busy1 - busy0) - (own1 - own0)) / (wall * cpus),
+        "steal": (steal1 - steal0) / (wall * cpus),
+    }
+
+
 def _geomean(values):
     values = [v for v in values if v is not None and v > 0 and math.isfinite(v)]
     return math.exp(sum(map(math.log, values)) / len(values)) if values else None
@@ -966,7 +998,15 @@ def markdown(data: dict[str, Any]) -> str:
         f"XLA {_f(g.get('xla'), '.0f')} GF/s, "
         f"torch {_f(g.get('torch'), '.0f')} GF/s.",
         "",
-        f"Load at start: `{data['load_start']}`; at end: `{data['load_end']}`."
+        f"Load at start: `{data['load_start']}`; at end: `{data['load_end']}` (the "
+        "bench's own threads count in the latter)."
+        + (
+            ""
+            if not data.get("others")
+            else f" CPU time other processes used during the run: "
+            f"{100 * data['others']['others']:.1f}%, taken by the hypervisor (steal): "
+            f"{100 * data['others']['steal']:.1f}%."
+        )
         + ("" if not data["load_warning"] else f" **{data['load_warning']}**"),
         "",
         "Speed-ups (`x torch`, `x lax`) > 1 mean `auto` is faster; forward+backward "
@@ -1115,6 +1155,9 @@ def run(opts, log=print, layers: list[Layer] | None = None) -> dict[str, Any]:
     log(f"load at start: {load_start}")
     if load1 > 1:
         log(f"warning: 1-minute load {load1:.2f} > 1: timings will be noisy (ratios less so)")
+    busy = _cpu_busy()
+    cpu_start = (*busy, _own_cpu()) if busy else None
+    wall_start = time.perf_counter()
     gemm = _gemm_gflops(opts.threads)
     log("GEMM 2048^3 float32: " + ", ".join(f"{k} {v:.1f} GF/s" for k, v in gemm.items()))
     todo = layers if layers is not None else [{**SUITE, **LAYERS}[n] for n in opts.layers]
@@ -1139,9 +1182,22 @@ def run(opts, log=print, layers: list[Layer] | None = None) -> dict[str, Any]:
             gemm[k] = max(gemm.get(k, 0.0), v)
     for la in layers:
         _derive(la, gemm)
-    load_end, load1_end = _load()
+    load_end, _ = _load()
     log(f"load at end: {load_end}")
-    high = max(load1, load1_end)
+    busy = _cpu_busy()
+    cpu_end = (*busy, _own_cpu()) if busy else None
+    others = _others(cpu_start, cpu_end, time.perf_counter() - wall_start)
+    warning = None
+    if load1 > 1:
+        warning = f"1-minute load was {load1:.2f} (> 1) before the run started"
+    if others and others["others"] + others["steal"] > 0.05:
+        warning = (
+            f"other processes used {100 * others['others']:.0f}% and the hypervisor took "
+            f"{100 * others['steal']:.0f}% of the CPUs during the run: timings are noisy"
+        )
+    if others:
+        share, steal = 100 * others["others"], 100 * others["steal"]
+        log(f"CPU time of other processes: {share:.1f}%, steal {steal:.1f}%")
     data = dict(
         command="jaxdeconv bench " + " ".join(opts.argv),
         machine=f"{platform.machine()} {platform.processor() or ''} x{os.cpu_count()} CPUs".replace(
@@ -1161,11 +1217,8 @@ def run(opts, log=print, layers: list[Layer] | None = None) -> dict[str, Any]:
         gemm_gflops=gemm,
         load_start=load_start,
         load_end=load_end,
-        load_warning=(
-            f"1-minute load reached {high:.2f} (> 1): another process competed for the CPUs"
-            if high > 1
-            else None
-        ),
+        others=others,
+        load_warning=warning,
         layers=layers,
     )
     data["summary"] = summarize(data)

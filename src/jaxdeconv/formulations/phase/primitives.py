@@ -29,7 +29,9 @@ Every primitive carries a static ``kernels`` parameter, the
 implementation computes the forward pass and each gradient. Two lowerings exist:
 the convolutions (:mod:`.conv`), which XLA's SPMD partitioner splits with halo
 exchanges and XLA:GPU hands to cuDNN, and plain row-major GEMMs on one CPU device
-(:mod:`.gemm`; the same zero-free sums, added in another order). The primitives only
+(:mod:`.gemm`; the same zero-free sums, added in another order); on one CPU device the
+forward pass may also be one sub-pixel convolution to all phases at once
+(:mod:`.subpixel`). The primitives only
 dispatch on ``kernels``; under ``vmap`` (which changes the spec) they ask the planner
 again for the same backend and placement.
 """
@@ -45,7 +47,7 @@ from jax.extend.core import Primitive
 from jax.interpreters import ad, batching, mlir
 
 from ..._plan import PhaseKernels, on_several_devices, phase_kernels
-from . import conv, gemm
+from . import conv, gemm, subpixel
 from .gemm import out_dtype
 
 __all__ = [
@@ -64,6 +66,8 @@ def _forward_impl(x, w, *, spec, kernels, precision, preferred_element_type):
     kw = dict(spec=spec, preferred_element_type=preferred_element_type)
     if kernels.forward == "gemm_cols":
         return gemm.forward(x, w, precision=precision, **kw)
+    if kernels.forward == "subpixel":
+        return subpixel.forward(x, w, precision=precision, **kw)
     if kernels.forward == "elementwise":
         return conv.forward_elementwise(x, w, **kw)
     return conv.forward_convs(x, w, precision=precision, fold_leading=kernels.fold_leading, **kw)

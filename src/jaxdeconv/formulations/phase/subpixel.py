@@ -1,0 +1,108 @@
+"""The sub-pixel lowering of the forward pass: one stride-1 convolution, then depth-to-space.
+
+Tap ``j`` of input ``i`` lands on full-result position ``i * s + j * d = (i + a) * s + r``
+(:func:`.gemm._geometry`). Padding the kernel (dilated) to ``A * s`` taps per dimension
+and splitting each tap index into ``(a, r)`` turns the transposed convolution into
+
+``Y2[q, r] = sum_a X[q - a] * W2[a, r]``
+
+a stride-1 convolution of the input with ``A`` taps per dimension and
+``C_out * prod(s)`` output channels (every residue ``r`` of every output channel), whose
+result rows ``q`` and residues ``r`` interleave into the output (depth-to-space: Shi et
+al. 2016, "Is the deconvolution layer the same as a convolutional layer?"). It is
+the phase decomposition with every phase's sub-kernel padded to a common window: when
+``s`` divides ``k * d`` nothing is padded and the whole layer is a single convolution
+(no per-phase programs, no interleave of separately computed phases); otherwise the
+padded taps multiply zeros, which the cost model (:mod:`jaxdeconv._cost`) charges.
+Only the result rows the output keeps are computed, and nothing larger than the output
+is materialized.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax.numpy as jnp
+from jax import lax
+
+from ..._layout import weight_to_torch
+from ..._spec import ConvTransposeSpec
+from .gemm import _geometry, _spatial_crop, out_dtype
+
+__all__ = ["forward", "window"]
+
+
+def window(spec: ConvTransposeSpec) -> tuple[int, int, int]:
+    """``(prod(A), prod(s), rows)``: the convolution's window, its residues per output
+    channel (``prod(A * s)`` taps multiplied against ``prod(k)`` useful ones) and its
+    result rows per image."""
+    geo = _geometry(spec)
+    return (
+        math.prod(a for _, a, _, _ in geo),
+        math.prod(se for se, _, _, _ in geo),
+        math.prod(r for _, r, _ in _rows(spec, geo)),
+    )
+
+
+def _rows(spec: ConvTransposeSpec, geo):
+    """Per dimension ``(q0, rows, start)``: the result rows ``[q0, q0 + rows)`` the output
+    needs, and where the output starts in their ``rows * s`` positions."""
+    out = []
+    for (lo, _), (se, _, _, _), o in zip(_spatial_crop(spec, geo, 1), geo, spec.output_size):
+        q0 = lo // se
+        q1 = (lo + o - 1) // se + 1 if o else q0
+        out.append((q0, q1 - q0, lo - q0 * se))
+    return out
+
+
+def forward(x, w, *, spec: ConvTransposeSpec, precision, preferred_element_type):
+    """The transposed convolution as one stride-1 convolution + depth-to-space."""
+    n, grp = spec.ndim, spec.groups
+    ci, co = spec.in_channels, spec.out_channels
+    geo = _geometry(spec)
+    dtype = jnp.result_type(x.dtype, w.dtype)
+    wt = weight_to_torch(w, spec)  # [C_in, C_out/g, *k]
+    zero = jnp.zeros((), wt.dtype)
+    # the kernel dilated and padded to A * s taps, split (A, s), A flipped (a convolution)
+    pads = [(0, 0, 0), (0, 0, 0)]
+    for k, d, (se, a_count, _, _) in zip(spec.kernel_size, spec.dilation, geo):
+        pads.append((0, a_count * se - (k - 1) * d - 1, d - 1))
+    w2 = lax.pad(wt, zero, pads)
+    w2 = w2.reshape(ci, co // grp, *[v for se, a, _, _ in geo for v in (a, se)])
+    w2 = jnp.flip(w2, [2 + 2 * m for m in range(n)])
+    # -> [O = (g, C_out/g, *s), I = C_in/g, *A]: groups major in O, as the convolution wants
+    w2 = w2.reshape(grp, ci // grp, co // grp, *w2.shape[2:])
+    perm = [0, 2, *(4 + 2 * m for m in range(n)), 1, *(3 + 2 * m for m in range(n))]
+    w2 = w2.transpose(perm).reshape(-1, ci // grp, *(a for _, a, _, _ in geo))
+    rows = _rows(spec, geo)
+    conv_pads = [
+        (a_count - 1 - q0, nrows + q0 - i)
+        for (_, a_count, _, _), (q0, nrows, _), i in zip(geo, rows, spec.input_size)
+    ]
+    lhs = "N" + "DHW"[-n:] + "C" if spec.channels_last else "NC" + "DHW"[-n:]
+    y2 = lax.conv_general_dilated(
+        x,
+        w2,
+        window_strides=(1,) * n,
+        padding=conv_pads,
+        dimension_numbers=(lhs, "OI" + "DHW"[-n:], "NC" + "DHW"[-n:]),
+        feature_group_count=grp,
+        precision=precision,
+        preferred_element_type=preferred_element_type,
+    )  # [N, (C_out, *s), *rows]
+    se_ = [se for se, _, _, _ in geo]
+    y2 = y2.reshape(spec.batch, co, *se_, *(r for _, r, _ in rows))
+    perm = [0, 1]
+    for m in range(n):
+        perm += [2 + n + m, 2 + m]  # rows and residues side by side
+    y = y2.transpose(perm).reshape(spec.batch, co, *(r * se for (_, r, _), se in zip(rows, se_)))
+    y = y[
+        (
+            slice(None),
+            slice(None),
+            *(slice(a, a + o) for (_, _, a), o in zip(rows, spec.output_size)),
+        )
+    ]
+    if spec.channels_last:
+        y = jnp.moveaxis(y, 1, -1)
+    return y.astype(out_dtype(dtype, preferred_element_type))
