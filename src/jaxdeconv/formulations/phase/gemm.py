@@ -165,6 +165,17 @@ def col2im(c, spec, tap_axes, in_axes, acc):
     return lax.pad(y, zero, crop)
 
 
+# im2col with more shifts than this writes each shift's block into a zero buffer
+# (dynamic_update_slice) instead of concatenating them: XLA's fused concatenate picks
+# every element's operand through a chain of selects, whose cost grows with the number
+# of operands (2-d k5 s1, 25 shifts, tfgan.up1's cotangent: 9.8 ms against 2.8-3.9 ms,
+# both gradients 30 -> 18-22 ms), while the writes cost extra passes over the buffer,
+# the larger cost with few shifts (2-d k4 s2, 4 shifts: from 0.6x to 1.4x; 2-d k5 s2, 9
+# shifts: the gradients slower in the whole program). jaxdeconv bench layers,
+# 2026-12-01.
+IM2COL_CONCAT_MAX_SHIFTS = 9
+
+
 def im2col(a, spec, sp_axes, tap_at):
     """``a`` (an output-sized activation, spatial axes ``sp_axes``) at the full-result
     positions ``i * s + j * d`` of every tap ``j`` and input ``i`` (im2col with
@@ -187,6 +198,9 @@ def im2col(a, spec, sp_axes, tap_at):
         else:
             shape.append(ap.shape[ax])
     ap = ap.reshape(shape)
+    taps = [pos[m] + 1 for m in range(n)]
+    rest = [ax for ax in range(ap.ndim) if ax not in taps]
+    perm = rest[:tap_at] + taps + rest[tap_at:]  # [.., in_m, k_m, ..] -> the result's
 
     def plane(combo):
         start, limit, strides = [0] * ap.ndim, list(ap.shape), [1] * ap.ndim
@@ -196,6 +210,20 @@ def im2col(a, spec, sp_axes, tap_at):
             strides[pos[m] + 1] = d
         return lax.slice(ap, start, limit, strides)  # [.., in, taps of the shift, ..]
 
+    combos = list(itertools.product(*(g[3] for g in geo)))
+    if len(combos) > IM2COL_CONCAT_MAX_SHIFTS:
+        out_shape = [ap.shape[ax] for ax in rest]
+        for m in range(n):
+            out_shape[rest.index(pos[m])] = spec.input_size[m]
+        out_shape[tap_at:tap_at] = spec.kernel_size
+        out = jnp.zeros(out_shape, a.dtype)
+        for combo in combos:
+            index = [0] * len(out_shape)
+            for m, (_, j0, _, _) in enumerate(combo):
+                index[tap_at + m] = j0
+            out = lax.dynamic_update_slice(out, plane(combo).transpose(perm), index)
+        return out
+
     def cat(prefix):
         m = len(prefix)
         if m == n:
@@ -203,10 +231,7 @@ def im2col(a, spec, sp_axes, tap_at):
         parts = [cat((*prefix, sh)) for sh in geo[m][3]]
         return parts[0] if len(parts) == 1 else jnp.concatenate(parts, pos[m] + 1)
 
-    g = cat(())  # [.., in_m, k_m, ..]
-    taps = [pos[m] + 1 for m in range(n)]
-    rest = [ax for ax in range(g.ndim) if ax not in taps]
-    return g.transpose(rest[:tap_at] + taps + rest[tap_at:])
+    return cat(()).transpose(perm)
 
 
 def forward(x, w, *, spec, precision, preferred_element_type):
