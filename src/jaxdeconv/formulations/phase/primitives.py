@@ -67,7 +67,7 @@ def _forward_impl(x, w, *, spec, kernels, precision, preferred_element_type):
     if kernels.forward == "gemm_cols":
         return gemm.forward(x, w, precision=precision, **kw)
     if kernels.forward == "subpixel":
-        return subpixel.forward(x, w, precision=precision, **kw)
+        return subpixel.forward(x, w, precision=precision, fold_leading=kernels.fold_leading, **kw)
     if kernels.forward == "elementwise":
         return conv.forward_elementwise(x, w, **kw)
     return conv.forward_convs(x, w, precision=precision, fold_leading=kernels.fold_leading, **kw)
