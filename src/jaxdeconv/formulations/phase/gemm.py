@@ -165,14 +165,13 @@ def col2im(c, spec, tap_axes, in_axes, acc):
     return lax.pad(y, zero, crop)
 
 
-# im2col with more shifts than this writes each shift's block into a zero buffer
-# (dynamic_update_slice) instead of concatenating them: XLA's fused concatenate picks
-# every element's operand through a chain of selects, whose cost grows with the number
-# of operands (2-d k5 s1, 25 shifts, tfgan.up1's cotangent: 9.8 ms against 2.8-3.9 ms,
-# both gradients 30 -> 18-22 ms), while the writes cost extra passes over the buffer,
-# the larger cost with few shifts (2-d k4 s2, 4 shifts: from 0.6x to 1.4x; 2-d k5 s2, 9
-# shifts: the gradients slower in the whole program). jaxdeconv bench layers,
-# 2026-12-01.
+# im2col with more shifts than this expands one dimension at a time (a concatenate of
+# that dimension's shifts, materialized) instead of one concatenate of all of them: XLA's
+# fused concatenate picks every element's operand through a chain of compares whose
+# cost grows with the operands (2-d k5 s1, 25 shifts, tfgan.up1's cotangent: 9.8 ms one
+# concatenate, 3.0 ms per dimension; both gradients 24.7 -> 17.4 ms, the same temporary
+# memory). With 9 or fewer shifts one concatenate is as fast and holds no intermediate
+# (tfgan.up2, vae.up3, dcgan.up3: equal times, 10-20% more memory per dimension).
 IM2COL_CONCAT_MAX_SHIFTS = 9
 
 
@@ -212,17 +211,21 @@ def im2col(a, spec, sp_axes, tap_at):
 
     combos = list(itertools.product(*(g[3] for g in geo)))
     if len(combos) > IM2COL_CONCAT_MAX_SHIFTS:
-        out_shape = [ap.shape[ax] for ax in rest]
+        # one dimension at a time, each step one concatenate of that dimension's shifts,
+        # materialized before the next (the barrier keeps XLA from fusing them back)
         for m in range(n):
-            out_shape[rest.index(pos[m])] = spec.input_size[m]
-        out_shape[tap_at:tap_at] = spec.kernel_size
-        out = jnp.zeros(out_shape, a.dtype)
-        for combo in combos:
-            index = [0] * len(out_shape)
-            for m, (_, j0, _, _) in enumerate(combo):
-                index[tap_at + m] = j0
-            out = lax.dynamic_update_slice(out, plane(combo).transpose(perm), index)
-        return out
+            parts = []
+            for sh, j0, j1, r0 in geo[m][3]:
+                start, limit, strides = [0] * ap.ndim, list(ap.shape), [1] * ap.ndim
+                start[pos[m]], limit[pos[m]] = sh, sh + spec.input_size[m]
+                start[pos[m] + 1] = r0
+                limit[pos[m] + 1] = r0 + (j1 - j0 - 1) * spec.dilation[m] + 1
+                strides[pos[m] + 1] = spec.dilation[m]
+                parts.append(lax.slice(ap, start, limit, strides))
+            ap = parts[0] if len(parts) == 1 else jnp.concatenate(parts, pos[m] + 1)
+            if m < n - 1:
+                ap = lax.optimization_barrier(ap)
+        return ap.transpose(perm)
 
     def cat(prefix):
         m = len(prefix)
