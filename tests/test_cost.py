@@ -142,3 +142,15 @@ def test_machine_figures_change_the_choice():
     slow = _cost.estimate(spec, np.float32, "gemm_cols", "forward", slow_gemm)
     conv = _cost.estimate(spec, np.float32, "phase_convs", "forward", slow_gemm)
     assert slow > fast and conv < slow
+
+
+def test_a_tie_goes_to_the_smaller_program():
+    """HiFi-GAN's k16 s8 256->128 up-sampler: the im2col'd and the phase GEMM gradients
+    are estimated within the model's resolution (and measured alike); the im2col'd ones,
+    a program of one op per shift, win the tie over one op per phase and tap."""
+    spec = make_spec((4, 256, 256), (256, 128, 16), 8, 4)
+    m_ = _cost.DEFAULT_MACHINE
+    cols = _cost.estimate(spec, np.float32, "gemm_cols", "grads", m_)
+    phase = _cost.estimate(spec, np.float32, "gemm_phase", "grads", m_)
+    assert phase < cols <= (1 + _cost.TIE) * phase  # the phase GEMMs estimated cheaper...
+    assert _cost.choose(spec, np.float32)[1] == "gemm_cols"  # ...but within the tie

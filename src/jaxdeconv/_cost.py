@@ -78,6 +78,14 @@ MAX_UNROLLED = 64
 # jaxdeconv bench, 2026-12-01); the model charges them that fraction of conv_peak.
 PHASE_CONV_RATE = 0.55
 COLS_PASSES = 2
+# Gradient kernels estimated within this fraction of the cheapest are a tie the model
+# cannot resolve (its estimates were off by 10-50% against measurements here); a tie
+# goes to the kernel with the smaller program, which compiles faster: the im2col'd
+# GEMMs (one op per shift) before the phase GEMMs (one per phase and tap) before the
+# convolution gradients (one dot per tap). HiFi-GAN's k16 s8 256->128: both GEMM
+# gradients 10 ms, compile 0.23 s against 0.7 s.
+TIE = 0.05
+_PROGRAM_RANK = {"gemm_cols": 0, "gemm_cols_nhwc": 0, "gemm_phase": 1, "convs": 2}
 # XLA:CPU runs a dot_general with a batch dimension (the groups of a grouped layer's
 # GEMMs) at about half its plain GEMM's rate here (grouped.g4's cols GEMM against the
 # same products ungrouped; jaxdeconv bench, 2026-12-01).
@@ -475,5 +483,8 @@ def choose(spec: ConvTransposeSpec, dtype) -> tuple[str, str, str]:
     for k in grad_c:
         times["grads", k] = estimate(spec, dtype, k, "grads", m_)
     fwd = min(fwd_c, key=lambda k: times["forward", k])
-    grads = min(grad_c, key=lambda k: times["grads", k])
+    # Gradient kernels the model cannot tell apart: the smaller program (compile time)
+    best = min(times["grads", k] for k in grad_c)
+    near = [k for k in grad_c if times["grads", k] <= (1 + TIE) * best]
+    grads = min(near, key=lambda k: (_PROGRAM_RANK[k], times["grads", k]))
     return fwd, grads, f"cost model ({m_.source}): " + _describe(times)
