@@ -133,3 +133,25 @@ def test_a_compile_over_the_limit_costs_that_variant_only(tmp_path):
     assert all(r["ms"] > 0 for r in layer["results"] if r["variant"] == "torch")
     md = (out / "bench.md").read_text()
     assert "compile timeout" in md and "did not finish" in md
+
+
+def test_random_layers_draws_layers_jaxdeconv_and_torch_accept():
+    """benchmarks/random_layers.py's draws are valid layers (same output as torch's
+    formula), and its timing runs end to end on one small layer."""
+    import importlib.util
+    from pathlib import Path
+
+    import numpy as np
+
+    path = Path(__file__).parent.parent / "benchmarks" / "random_layers.py"
+    spec = importlib.util.spec_from_file_location("random_layers", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    rng = np.random.default_rng(0)
+    drawn = [d for d in (mod.draw(rng) for _ in range(200)) if d is not None]
+    assert len(drawn) > 20
+    for xs, ws, kw in drawn:
+        make_spec(xs, ws, **kw)  # raises on an invalid layer
+    *_, t = mod.time_layer(rng, (1, 4, 5, 5), (4, 2, 3, 3), dict(stride=2, padding=1), 2)
+    assert set(t) == {f"{v} {m}" for v in ("auto", "lax", "torch") for m in ("fwd", "fwd+bwd")}
+    assert all(0 < v < 10 for v in t.values())

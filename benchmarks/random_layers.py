@@ -1,0 +1,142 @@
+"""`method="auto"` against torch and lax on random layers nobody tuned for.
+
+The 30-layer suite (`jaxdeconv bench`) is what the planner is measured on; this draws
+layers at random (rank 1-3, kernel 2-8, stride 1-4, dilation, padding, output_padding,
+groups, channels 1-256, batch 1-16) so that a planner fitted to the suite shows itself.
+Per layer it prints the plan and the forward and forward+backward times of `auto`,
+`lhs_dilated` (lax's conv_transpose) and torch, timed interleaved round after round,
+best kept, and the geomeans at the end. Nothing is written to disk.
+
+    python benchmarks/random_layers.py --seed 11 --layers 30
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import jaxdeconv
+
+
+def draw(rng: np.random.Generator) -> tuple[tuple[int, ...], tuple[int, ...], dict] | None:
+    """One random layer: (input shape, weight shape, keyword arguments), or None."""
+    nd = int(rng.choice([1, 2, 2, 2, 3]))
+    k = int(rng.choice([2, 3, 4, 5, 7, 8]))
+    s = min(int(rng.choice([1, 2, 2, 3, 4])), k)
+    ci = int(rng.choice([8, 16, 32, 64, 128, 256]))
+    co = int(rng.choice([1, 3, 16, 32, 64, 128]))
+    groups = 4 if rng.random() < 0.15 and ci % 4 == 0 and co % 4 == 0 else 1
+    size = int(rng.choice({1: [64, 256, 1024], 2: [4, 8, 16, 32], 3: [4, 8, 12]}[nd]))
+    n = int(rng.choice([1, 4, 8, 16]))
+    d = 1 if rng.random() < 0.85 else 2
+    p = int(rng.integers(0, k // 2 + 1))
+    op = int(rng.integers(0, s)) if s > 1 else 0
+    kw = dict(stride=s, padding=p, output_padding=op, groups=groups, dilation=d)
+    out = [(size - 1) * s - 2 * p + d * (k - 1) + op + 1] * nd
+    if min(out) < 1 or op >= max(s, d):
+        return None
+    flops = 2 * n * ci * (co // groups) * k**nd * size**nd
+    if n * co * math.prod(out) * 4 > 5e7 or flops > 4e9:  # keep each layer under ~1 s
+        return None
+    return (n, ci, *[size] * nd), (ci, co // groups, *[k] * nd), kw
+
+
+def best_times(calls: dict, rounds: int, slow: float = 0.5) -> dict[str, float]:
+    """Each call's best time over interleaved rounds; one over ``slow`` seconds (lax's
+    3-d zero insertion can take seconds) is timed once."""
+    best = {}
+    for name, c in calls.items():
+        c()  # compile, warm up
+        t = time.perf_counter()
+        c()
+        best[name] = time.perf_counter() - t
+    for _ in range(rounds - 1):
+        for name, c in calls.items():
+            if best[name] > slow:
+                continue
+            t = time.perf_counter()
+            c()
+            best[name] = min(best[name], time.perf_counter() - t)
+    return best
+
+
+def time_layer(rng, xs, ws, kw, rounds):
+    """Best times of auto, lax and torch, forward and forward+backward, on one layer."""
+    import torch
+
+    x = jnp.asarray(rng.standard_normal(xs), jnp.float32)
+    w = jnp.asarray(rng.standard_normal(ws), jnp.float32)
+    tfn = getattr(torch.nn.functional, f"conv_transpose{len(xs) - 2}d")
+    xt, wt = torch.tensor(np.asarray(x)), torch.tensor(np.asarray(w))
+    xg, wg = xt.clone().requires_grad_(True), wt.clone().requires_grad_(True)
+
+    def jax_calls(method):
+        def y(x, w):
+            return jaxdeconv.conv_transpose(x, w, **kw, method=method)
+
+        f = jax.jit(y)
+        g = jax.jit(jax.grad(lambda x, w: jnp.sum(y(x, w) ** 2), (0, 1)))
+        return lambda: jax.block_until_ready(f(x, w)), lambda: jax.block_until_ready(g(x, w))
+
+    def torch_fwd():
+        with torch.no_grad():
+            tfn(xt, wt, **kw)
+
+    def torch_fwd_bwd():
+        xg.grad = wg.grad = None
+        (tfn(xg, wg, **kw) ** 2).sum().backward()
+
+    auto, lax_ = jax_calls("auto"), jax_calls("lhs_dilated")
+    calls = {
+        "auto fwd": auto[0],
+        "lax fwd": lax_[0],
+        "torch fwd": torch_fwd,
+        "auto fwd+bwd": auto[1],
+        "lax fwd+bwd": lax_[1],
+        "torch fwd+bwd": torch_fwd_bwd,
+    }
+    return x, w, best_times(calls, rounds)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--layers", type=int, default=20)
+    ap.add_argument("--rounds", type=int, default=5)
+    opts = ap.parse_args()
+    import torch
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    rng = np.random.default_rng(opts.seed)
+    ratios: dict[str, list[float]] = {}
+    done = 0
+    while done < opts.layers:
+        layer = draw(rng)
+        if layer is None:
+            continue
+        done += 1
+        xs, ws, kw = layer
+        x, w, t = time_layer(rng, xs, ws, kw, opts.rounds)
+        row = []
+        for mode in ("fwd", "fwd+bwd"):
+            for base in ("torch", "lax"):
+                r = t[f"{base} {mode}"] / t[f"auto {mode}"]
+                ratios.setdefault(f"{mode} x {base}", []).append(r)
+                row.append(f"{mode} {r:.2f}x {base}")
+        label = jaxdeconv.plan(x, w, **kw).label
+        print(f"{xs} <- {ws} {kw}: auto {1e3 * t['auto fwd']:.2f} ms; {', '.join(row)} [{label}]")
+    print()
+    for key, v in ratios.items():
+        g = math.exp(sum(map(math.log, v)) / len(v))
+        low = sum(r < 0.9 for r in v)
+        print(f"{key}: geomean {g:.2f}x, min {min(v):.2f}x, below 0.9x on {low} of {len(v)}")
+
+
+if __name__ == "__main__":
+    main()
