@@ -35,7 +35,8 @@ CASES = [
     ((1, 2, 3, 3, 2), (2, 2, 3, 3, 3), 2, 1, 1, 1),  # 3-d k3 s2 p1 op1
     ((2, 2, 2, 3, 2), (2, 3, 2, 2, 2), 2, 0, 0, 1),  # 3-d k2 s2
     ((1, 3, 4, 4), (3, 2, 4, 4), 2, 3, 0, 1),  # padding > output halo: negative windows
-    ((2, 3, 4, 3), (3, 2, 5, 4), 1, 2, 0, 1),  # stride 1, 20 shifts: im2col writes blocks
+    ((2, 3, 4, 3), (3, 2, 5, 4), 1, 2, 0, 1),  # stride 1, 20 shifts: im2col per dimension
+    ((1, 2, 2, 2, 2), (2, 2, 5, 4, 5), 1, 1, 0, (1, 2, 1)),  # 100 shifts: col2im too
 ]
 
 

@@ -129,18 +129,31 @@ def col2im(c, spec, tap_axes, in_axes, acc):
     """
     geo = _geometry(spec)
     zero = jnp.zeros((), acc)
-    y = None
-    for combo in itertools.product(*(g[3] for g in geo)):
-        start, limit = [0] * c.ndim, list(c.shape)
-        pads = [(0, 0, 0)] * c.ndim
-        for ax, iax, (a, j0, j1, r0), (se, a_count, _, _), d in zip(
-            tap_axes, in_axes, combo, geo, spec.dilation
-        ):
-            start[ax], limit[ax] = j0, j1
-            pads[ax] = (r0, se - r0 - (j1 - j0 - 1) * d - 1, d - 1)  # taps -> residues
-            pads[iax] = (a, a_count - 1 - a, 0)  # inputs -> rows
-        t = lax.pad(lax.slice(c, start, limit).astype(acc), zero, pads)
-        y = t if y is None else y + t
+
+    def overlap_add(c, dims):
+        """Sum over the shifts of ``dims`` (their taps -> residues, inputs -> rows)."""
+        y = None
+        for combo in itertools.product(*(geo[m][3] for m in dims)):
+            start, limit = [0] * c.ndim, list(c.shape)
+            pads = [(0, 0, 0)] * c.ndim
+            for m, (a, j0, j1, r0) in zip(dims, combo):
+                ax, iax, (se, a_count, _, _), d = tap_axes[m], in_axes[m], geo[m], spec.dilation[m]
+                start[ax], limit[ax] = j0, j1
+                pads[ax] = (r0, se - r0 - (j1 - j0 - 1) * d - 1, d - 1)  # taps -> residues
+                pads[iax] = (a, a_count - 1 - a, 0)  # inputs -> rows
+            t = lax.pad(lax.slice(c, start, limit).astype(acc), zero, pads)
+            y = t if y is None else y + t
+        return y
+
+    if math.prod(len(g[3]) for g in geo) > COL2IM_FUSED_MAX_SHIFTS:
+        # one dimension at a time, materialized (see COL2IM_FUSED_MAX_SHIFTS)
+        y = c
+        for m in range(len(geo)):
+            y = overlap_add(y, [m])
+            if m < len(geo) - 1:
+                y = lax.optimization_barrier(y)
+    else:
+        y = overlap_add(c, list(range(len(geo))))
     # rows Q and residues s of each dimension next to each other: [.., Q, s, ..]
     others = [ax for ax in range(c.ndim) if ax not in tap_axes and ax not in in_axes]
     order = sorted(others + list(in_axes), key=lambda ax: ax)
@@ -173,6 +186,13 @@ def col2im(c, spec, tap_axes, in_axes, acc):
 # memory). With 9 or fewer shifts one concatenate is as fast and holds no intermediate
 # (tfgan.up2, vae.up3, dcgan.up3: equal times, 10-20% more memory per dimension).
 IM2COL_CONCAT_MAX_SHIFTS = 9
+# col2im with more shifts than this overlap-adds one dimension at a time (materialized)
+# instead of one fused sum of every shift's plane. The fused sum stays faster far longer
+# than im2col's concatenate (2-d k8 s1, 64 shifts: 8.3 ms fused, 18.6 per dimension; 3-d
+# k3 s1, 27: 3.0 against 3.9), but with hundreds of shifts it is one huge fusion: 3-d k8
+# dilation 2 s2 (512 shifts) ran 5.1 ms and compiled 4.5 s fused, 0.9 ms and 1.0 s per
+# dimension. (Forward GEMM + col2im, one CPU, 2026-12-01.)
+COL2IM_FUSED_MAX_SHIFTS = 64
 
 
 def im2col(a, spec, sp_axes, tap_at):
