@@ -77,7 +77,6 @@ MAX_UNROLLED = 64
 # rate on the bench's layers here (forward, 16 layers timed against GEMM + col2im;
 # jaxdeconv bench, 2026-12-01); the model charges them that fraction of conv_peak.
 PHASE_CONV_RATE = 0.55
-COLS_PASSES = 2
 # Gradient kernels estimated within this fraction of the cheapest are a tie the model
 # cannot resolve (its estimates were off by 10-50% against measurements here); a tie
 # goes to the kernel with the smaller program, which compiles faster: the im2col'd
@@ -87,8 +86,9 @@ COLS_PASSES = 2
 TIE = 0.05
 _PROGRAM_RANK = {"gemm_cols": 0, "gemm_cols_nhwc": 0, "gemm_phase": 1, "convs": 2}
 # XLA:CPU runs a dot_general with a batch dimension (the groups of a grouped layer's
-# GEMMs) at about half its plain GEMM's rate here (grouped.g4's cols GEMM against the
-# same products ungrouped; jaxdeconv bench, 2026-12-01).
+# GEMMs) far under its plain GEMM's rate: [4,1024,64] @ [4,64,2048] at 85 GF/s, one
+# [1024,64] @ [64,2048] at 272 GF/s (0.31); its gradient-shaped batched products ran at
+# 100-150 GF/s. The model charges half rate (2026-12-01, this 2-core machine).
 BATCHED_GEMM_RATE = 0.5
 
 
@@ -326,7 +326,7 @@ def estimate(spec: ConvTransposeSpec, dtype, kernel: str, which: str, m_: Machin
         cig, cog = ci // g, co // g
         if which == "forward":  # GEMM into cols, col2im reads it and writes y
             t = g * _gemm(m_, cog * taps, n * pin, cig) / (BATCHED_GEMM_RATE if g > 1 else 1)
-            return t + (x_b + w_b + COLS_PASSES * cols + y_b) / bw + 4 * m_.overhead
+            return t + (x_b + w_b + 2 * cols + y_b) / bw + 4 * m_.overhead
         # im2col (reads g, writes G), dX = W @ G and dW = X @ G^T read G
         t = g * (_gemm(m_, cig, n * pin, cog * taps) + _gemm(m_, cig, cog * taps, n * pin))
         t /= BATCHED_GEMM_RATE if g > 1 else 1

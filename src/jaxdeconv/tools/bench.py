@@ -799,23 +799,19 @@ def _load() -> tuple[str, float]:
     return line or f"load average: {load1:.2f}", load1
 
 
-def _cpu_busy() -> tuple[float, float] | None:
-    """Seconds of CPU time all processes used so far (``/proc/stat``: user, nice, system,
-    irq, softirq) and the time the hypervisor took from this VM (steal); ``None`` where
-    there is no ``/proc/stat``."""
+def _cpu_sample() -> tuple[float, float, float] | None:
+    """CPU seconds so far: all processes' (``/proc/stat``: user, nice, system, irq,
+    softirq), the hypervisor's (steal), and this process's with its finished children
+    (the layers' workers); ``None`` where there is no ``/proc/stat``."""
     try:
         fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
         ticks = os.sysconf("SC_CLK_TCK")
     except (OSError, ValueError, IndexError):
         return None
     v = [int(f) for f in fields] + [0] * 8
-    return (v[0] + v[1] + v[2] + v[5] + v[6]) / ticks, v[7] / ticks
-
-
-def _own_cpu() -> float:
-    """CPU seconds of this process and its finished children (the layers' workers)."""
     t = os.times()
-    return t.user + t.system + t.children_user + t.children_system
+    own = t.user + t.system + t.children_user + t.children_system
+    return (v[0] + v[1] + v[2] + v[5] + v[6]) / ticks, v[7] / ticks, own
 
 
 def _others(start, end, wall: float) -> dict[str, float] | None:
@@ -1155,9 +1151,7 @@ def run(opts, log=print, layers: list[Layer] | None = None) -> dict[str, Any]:
     log(f"load at start: {load_start}")
     if load1 > 1:
         log(f"warning: 1-minute load {load1:.2f} > 1: timings will be noisy (ratios less so)")
-    busy = _cpu_busy()
-    cpu_start = (*busy, _own_cpu()) if busy else None
-    wall_start = time.perf_counter()
+    cpu_start, wall_start = _cpu_sample(), time.perf_counter()
     gemm = _gemm_gflops(opts.threads)
     log("GEMM 2048^3 float32: " + ", ".join(f"{k} {v:.1f} GF/s" for k, v in gemm.items()))
     todo = layers if layers is not None else [{**SUITE, **LAYERS}[n] for n in opts.layers]
@@ -1184,9 +1178,7 @@ def run(opts, log=print, layers: list[Layer] | None = None) -> dict[str, Any]:
         _derive(la, gemm)
     load_end, _ = _load()
     log(f"load at end: {load_end}")
-    busy = _cpu_busy()
-    cpu_end = (*busy, _own_cpu()) if busy else None
-    others = _others(cpu_start, cpu_end, time.perf_counter() - wall_start)
+    others = _others(cpu_start, _cpu_sample(), time.perf_counter() - wall_start)
     warning = None
     if load1 > 1:
         warning = f"1-minute load was {load1:.2f} (> 1) before the run started"

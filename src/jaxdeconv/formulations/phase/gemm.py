@@ -221,40 +221,36 @@ def im2col(a, spec, sp_axes, tap_at):
     rest = [ax for ax in range(ap.ndim) if ax not in taps]
     perm = rest[:tap_at] + taps + rest[tap_at:]  # [.., in_m, k_m, ..] -> the result's
 
-    def plane(combo):
-        start, limit, strides = [0] * ap.ndim, list(ap.shape), [1] * ap.ndim
-        for m, ((sh, j0, j1, r0), i, d) in enumerate(zip(combo, spec.input_size, spec.dilation)):
-            start[pos[m]], limit[pos[m]] = sh, sh + i
+    def plane(arr, shifts):
+        """``arr`` sliced to the shifts ``[(m, shift), ..]`` of those dimensions: each
+        ``(Q, s)`` pair of axes becomes ``[in, taps of the shift]``."""
+        start, limit, strides = [0] * arr.ndim, list(arr.shape), [1] * arr.ndim
+        for m, (sh, j0, j1, r0) in shifts:
+            d = spec.dilation[m]
+            start[pos[m]], limit[pos[m]] = sh, sh + spec.input_size[m]
             start[pos[m] + 1], limit[pos[m] + 1] = r0, r0 + (j1 - j0 - 1) * d + 1
             strides[pos[m] + 1] = d
-        return lax.slice(ap, start, limit, strides)  # [.., in, taps of the shift, ..]
+        return lax.slice(arr, start, limit, strides)
 
-    combos = list(itertools.product(*(g[3] for g in geo)))
-    if len(combos) > IM2COL_CONCAT_MAX_SHIFTS:
+    def cat(parts, m):
+        return parts[0] if len(parts) == 1 else jnp.concatenate(parts, pos[m] + 1)
+
+    if math.prod(len(g[3]) for g in geo) > IM2COL_CONCAT_MAX_SHIFTS:
         # one dimension at a time, each step one concatenate of that dimension's shifts,
         # materialized before the next (the barrier keeps XLA from fusing them back)
         for m in range(n):
-            parts = []
-            for sh, j0, j1, r0 in geo[m][3]:
-                start, limit, strides = [0] * ap.ndim, list(ap.shape), [1] * ap.ndim
-                start[pos[m]], limit[pos[m]] = sh, sh + spec.input_size[m]
-                start[pos[m] + 1] = r0
-                limit[pos[m] + 1] = r0 + (j1 - j0 - 1) * spec.dilation[m] + 1
-                strides[pos[m] + 1] = spec.dilation[m]
-                parts.append(lax.slice(ap, start, limit, strides))
-            ap = parts[0] if len(parts) == 1 else jnp.concatenate(parts, pos[m] + 1)
+            ap = cat([plane(ap, [(m, sh)]) for sh in geo[m][3]], m)
             if m < n - 1:
                 ap = lax.optimization_barrier(ap)
         return ap.transpose(perm)
 
-    def cat(prefix):
+    def nested(prefix):  # one concatenate of every shift (nested per dimension)
         m = len(prefix)
         if m == n:
-            return plane(prefix)
-        parts = [cat((*prefix, sh)) for sh in geo[m][3]]
-        return parts[0] if len(parts) == 1 else jnp.concatenate(parts, pos[m] + 1)
+            return plane(ap, list(enumerate(prefix)))
+        return cat([nested((*prefix, sh)) for sh in geo[m][3]], m)
 
-    return cat(()).transpose(perm)
+    return nested(()).transpose(perm)
 
 
 def forward(x, w, *, spec, precision, preferred_element_type):
