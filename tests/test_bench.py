@@ -136,8 +136,8 @@ def test_a_compile_over_the_limit_costs_that_variant_only(tmp_path):
 
 
 def test_random_layers_draws_layers_jaxdeconv_and_torch_accept():
-    """benchmarks/random_layers.py's draws are valid layers (same output as torch's
-    formula), and its timing runs end to end on one small layer."""
+    """benchmarks/random_layers.py's draws are valid layers (jaxdeconv's argument checks,
+    which match torch's, accept them), and its timing runs end to end on one small layer."""
     import importlib.util
     from pathlib import Path
 
