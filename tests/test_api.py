@@ -224,9 +224,13 @@ def test_plan_says_what_runs_and_can_be_forced(rng):
         y = jaxdeconv.conv_transpose(xa, wa, stride=2, padding=1, method=p)
         np.testing.assert_allclose(np.asarray(y), want, rtol=1e-5, atol=1e-5)
     cols = jaxdeconv.plan(xa, wa, stride=2, padding=1, strategy="cols")
-    # grouped channels-last layers have no GEMM lowering: the plan refuses to run there
+    # grouped channels-last layers run the GEMM lowering group by group
     xl, wl = np.moveaxis(xa, 1, -1), np.moveaxis(wa[:, :1], (0, 1), (-2, -1))
     kw = dict(stride=2, padding=1, groups=2, channels_last=True)
-    assert jaxdeconv.plan(xl, wl, **kw).kernels.lowering == "conv"
+    grouped = jaxdeconv.plan(xl, wl, **kw, strategy="cols")
+    want = jaxdeconv.numpy_conv_transpose(xa, wa[:, :1], stride=2, padding=1, groups=2)
+    y = jaxdeconv.conv_transpose(xl, wl, **kw, method=grouped)
+    np.testing.assert_allclose(np.moveaxis(np.asarray(y), -1, 1), want, rtol=1e-5, atol=1e-5)
+    # an empty batch has no GEMM lowering: a GEMM plan refuses to run there
     with pytest.raises(ValueError, match="GEMM lowering cannot run this layer"):
-        jaxdeconv.conv_transpose(xl, wl, **kw, method=cols)
+        jaxdeconv.conv_transpose(xa[:0], wa, stride=2, padding=1, method=cols)

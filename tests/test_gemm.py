@@ -5,6 +5,7 @@ On one device, channels-first layers with one group lower to GEMMs; both strateg
 values and gradients, in every dimension and for every argument.
 """
 
+import dataclasses
 import re
 
 import jax
@@ -132,7 +133,7 @@ def test_strategy_rule_on_the_bench_layers():
     into one dense convolution with few channels. (The strided-convolution gradients
     measured 1.0-8.6x slower than the im2col'd GEMMs on the issue-13 layers.)"""
     applies = {name: gemm_applies(layer.spec(), np.float32) for name, layer in LAYERS.items()}
-    assert all(applies.values())  # groups are a batch dimension of the GEMMs now
+    assert all(applies.values())  # grouped layers too, group by group
     picks = {name: _strategy(LAYERS[name].spec()) for name in LAYERS}
     assert picks == {
         "dcgan": "gemm_cols / gemm_cols",
@@ -163,10 +164,10 @@ def test_what_the_gemm_lowering_does_not_serve():
     base = dict(input_shape=(2, 4, 8, 8), weight_shape=(4, 2, 3, 3), stride=2)
     assert gemm_applies(make_spec(**base), np.float32)
     assert gemm_applies(make_spec((2, 8, 8, 4), (3, 3, 4, 2), 2, channels_last=True), "f4")
-    # grouped channels-last, an empty batch
+    # grouped (either layout: group by group); not an empty batch
     grouped = make_spec((2, 4, 8, 8), (4, 1, 3, 3), 2, groups=2)
     assert gemm_applies(grouped, np.float32)
-    assert not gemm_applies(
+    assert gemm_applies(
         make_spec((2, 8, 8, 4), (3, 3, 4, 1), 2, groups=2, channels_last=True), "f4"
     )
     assert not gemm_applies(make_spec((0, 4, 8, 8), (4, 2, 3, 3), 2), np.float32)
@@ -308,28 +309,38 @@ GROUPED = [
     ((1, 4, 4, 3), (4, 1, 4, 4), 2, 1, 0, 4, 1),  # depthwise
     ((2, 6, 3, 4), (6, 2, 3, 3), 2, 1, 1, 3, 2),  # dilated, op1
     ((1, 4, 2, 3, 2), (4, 2, 3, 3, 3), (2, 3, 1), 1, 0, 2, 1),  # 3-d, stride 1 and > k
+    ((2, 20, 3, 4), (20, 3, 3, 2), 2, 0, 1, 10, 1),  # more groups than are unrolled
 ]
 
 
+@pytest.mark.parametrize("cl", [False, True], ids=["nchw", "nhwc"])
 @pytest.mark.parametrize("case", GROUPED, ids=lambda c: f"{len(c[0]) - 2}d-g{c[5]}")
-def test_grouped_cols_match_numpy(case, rng):
-    """Grouped layers as batched GEMMs (the group a batch dimension), both gradients."""
+def test_grouped_cols_match_numpy(case, cl, rng):
+    """Grouped layers group by group (unrolled, or under lax.map past UNROLL_GROUPS),
+    both layouts, both gradient kernels and the sub-pixel forward."""
     xs, ws, s, p, op, groups, d = case
     spec = make_spec(xs, ws, s, p, op, groups, d)
+    if cl:
+        spec = dataclasses.replace(spec, channels_last=True)
     assert gemm_applies(spec, np.float64)
-    kernels = phase_kernels(spec, np.float64, strategy="cols")
-    assert kernels.input_grad == "gemm_cols"
+    assert phase_kernels(spec, np.float64, strategy="cols").forward == "gemm_cols"
     x = rng.standard_normal(spec.input_shape)
     w = rng.standard_normal(spec.weight_shape)
     g = rng.standard_normal(spec.output_shape)
-    with jax.enable_x64(True):
-        y = jax.jit(lambda x, w: _bind(_phase.forward_p, x, w, spec, kernels))(x, w)
-        dx = jax.jit(lambda g, w: _bind(_phase.input_grad_p, g, w, spec, kernels))(g, w)
-        dw = jax.jit(lambda x, g: _bind(_phase.weight_grad_p, x, g, spec, kernels))(x, g)
-    np.testing.assert_allclose(y, numpy_reference(x, w, spec), rtol=1e-10, atol=1e-10)
-    dx_ref, dw_ref, _ = numpy_conv_transpose_vjp(x, w, g, spec)
-    np.testing.assert_allclose(dx, dx_ref, rtol=1e-10, atol=1e-10)
-    np.testing.assert_allclose(dw, dw_ref, rtol=1e-10, atol=1e-10)
+    cf = lambda a: np.moveaxis(a, -1, 1) if cl else a  # noqa: E731
+    cf_w = lambda a: np.moveaxis(a, (-2, -1), (0, 1)) if cl else a  # noqa: E731
+    for fwd, grads in [("gemm_cols", "gemm_cols"), ("subpixel", "gemm_cols_nhwc")]:
+        k = PhaseKernels("gemm", fwd, grads, grads)
+        with jax.enable_x64(True):
+            y = jax.jit(lambda x, w, k=k: _bind(_phase.forward_p, x, w, spec, k))(x, w)
+            dx = jax.jit(lambda g, w, k=k: _bind(_phase.input_grad_p, g, w, spec, k))(g, w)
+            dw = jax.jit(lambda x, g, k=k: _bind(_phase.weight_grad_p, x, g, spec, k))(x, g)
+        ref = dataclasses.replace(spec, channels_last=False)
+        xr, wr, gr = cf(x), cf_w(w), cf(g)
+        np.testing.assert_allclose(cf(y), numpy_reference(xr, wr, ref), rtol=1e-10, atol=1e-10)
+        dx_ref, dw_ref, _ = numpy_conv_transpose_vjp(xr, wr, gr, ref)
+        np.testing.assert_allclose(cf(dx), dx_ref, rtol=1e-10, atol=1e-10)
+        np.testing.assert_allclose(cf_w(dw), dw_ref, rtol=1e-10, atol=1e-10)
 
 
 @pytest.mark.parametrize("seed", range(4))

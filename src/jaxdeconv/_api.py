@@ -12,7 +12,7 @@ import numpy as np
 from jax.typing import ArrayLike
 
 from . import formulations
-from ._cost import gemm_applies
+from ._cost import MAX_COLS_BYTES, gemm_applies
 from ._layout import add_bias
 from ._plan import Plan, make_plan, on_several_devices, phase_kernels
 from ._spec import (
@@ -151,7 +151,8 @@ def _plan_for(method, spec: ConvTransposeSpec, dtype, *arrays, on_mesh=None) -> 
         if kernels is not None and kernels.lowering == "gemm" and not gemm_applies(spec, dtype):
             raise ValueError(
                 f"method={method.label!r}: the GEMM lowering cannot run this layer "
-                f"(groups={spec.groups}, batch={spec.batch}); plan it for these arguments "
+                f"(batch={spec.batch}, or its buffers over {MAX_COLS_BYTES} bytes); plan it "
+                "for these arguments "
                 "with jaxdeconv.plan(...)"
             )
         return method

@@ -85,11 +85,16 @@ PHASE_CONV_RATE = 0.55
 # gradients 10 ms, compile 0.23 s against 0.7 s.
 TIE = 0.05
 _PROGRAM_RANK = {"gemm_cols": 0, "gemm_cols_nhwc": 0, "gemm_phase": 1, "convs": 2}
-# XLA:CPU runs a dot_general with a batch dimension (the groups of a grouped layer's
-# GEMMs) far under its plain GEMM's rate: [4,1024,64] @ [4,64,2048] at 85 GF/s, one
-# [1024,64] @ [64,2048] at 272 GF/s (0.31); its gradient-shaped batched products ran at
-# 100-150 GF/s. The model charges half rate (2026-12-01, this 2-core machine).
-BATCHED_GEMM_RATE = 0.5
+# Grouped layers run group by group in the GEMM and sub-pixel kernels
+# (jaxdeconv._groups.by_group): XLA:CPU ran a dot_general with the groups as a batch
+# dimension, [4,1024,64] @ [4,64,2048], at 85 GF/s against 272 for one [1024,64] @
+# [64,2048], and a grouped convolution under the per-group ones. The split and the
+# concatenation copy the operands and the result once; each group pays the overhead.
+# The convolution gradients keep XLA's grouped convolution and batched per-tap dots:
+# on 8 grouped layers (groups 4-32, 1-d to 3-d, either layout) they ran 2-7x slower
+# than the group-by-group im2col GEMM gradients (58.9 against 24.6 ms at groups 16,
+# k4 s2, N8; 7.7 against 1.3 ms in 3-d), so where those apply they are the only
+# gradient candidate (2026-12-01, this 2-core machine).
 
 
 @dataclasses.dataclass(frozen=True)
@@ -251,17 +256,16 @@ def cols_bytes(spec: ConvTransposeSpec, dtype) -> int:
 
 
 def gemm_applies(spec: ConvTransposeSpec, dtype) -> bool:
-    """Whether the GEMM lowering's cols strategy can serve ``spec`` (bounded buffers;
-    groups, as a batch dimension of the GEMMs, channels-first only)."""
-    if (spec.groups != 1 and spec.channels_last) or spec.batch == 0:
+    """Whether the GEMM lowering's cols strategy can serve ``spec`` (bounded buffers)."""
+    if spec.batch == 0:
         return False
     return cols_bytes(spec, dtype) <= MAX_COLS_BYTES
 
 
 def cols_grads_via_nhwc(spec: ConvTransposeSpec, dtype) -> bool:
-    """Channels-first cols gradients with few input channels run channels-last."""
+    """Channels-first cols gradients with few input channels (per group) run channels-last."""
     del dtype
-    return not spec.channels_last and spec.groups == 1 and spec.in_channels <= NHWC_MAX_C_IN
+    return not spec.channels_last and spec.in_channels // spec.groups <= NHWC_MAX_C_IN
 
 
 def _n_phase_ops(spec: ConvTransposeSpec) -> int:
@@ -282,9 +286,13 @@ def candidates(spec: ConvTransposeSpec, dtype) -> tuple[tuple[str, ...], tuple[s
     grads = ["convs"] if taps <= MAX_UNROLLED else []
     if gemm:
         fwd.insert(0, "gemm_cols")
-        grads.insert(0, "gemm_cols_nhwc" if cols_grads_via_nhwc(spec, dtype) else "gemm_cols")
-        if spec.groups == 1 and _n_phase_ops(spec) <= 4 * MAX_UNROLLED:
-            grads.append("gemm_phase")
+        cols = "gemm_cols_nhwc" if cols_grads_via_nhwc(spec, dtype) else "gemm_cols"
+        if spec.groups > 1:  # see the comment on grouped layers above
+            grads = [cols]
+        else:
+            grads.insert(0, cols)
+            if _n_phase_ops(spec) <= 4 * MAX_UNROLLED:
+                grads.append("gemm_phase")
     if not grads:  # a grouped layer with many taps: the per-tap dots all the same
         grads = ["convs"]
     return tuple(fwd), tuple(grads)
@@ -322,16 +330,18 @@ def estimate(spec: ConvTransposeSpec, dtype, kernel: str, which: str, m_: Machin
     x_b, y_b, w_b = n * ci * pin * item, n * co * pout * item, ci * co // g * taps * item
     cols = cols_bytes(spec, dtype)
     bw = m_.bandwidth
+    # by group (see above): the split and concatenation, an overhead per group
+    split = (g > 1) * ((x_b + y_b if which == "forward" else 2 * x_b + y_b + w_b) / bw)
+    split += (g > 1) * g * m_.overhead
     if kernel in ("gemm_cols", "gemm_cols_nhwc"):
         cig, cog = ci // g, co // g
         if which == "forward":  # GEMM into cols, col2im reads it and writes y
-            t = g * _gemm(m_, cog * taps, n * pin, cig) / (BATCHED_GEMM_RATE if g > 1 else 1)
-            return t + (x_b + w_b + 2 * cols + y_b) / bw + 4 * m_.overhead
+            t = g * _gemm(m_, cog * taps, n * pin, cig)
+            return t + split + (x_b + w_b + 2 * cols + y_b) / bw + 4 * m_.overhead
         # im2col (reads g, writes G), dX = W @ G and dW = X @ G^T read G
         t = g * (_gemm(m_, cig, n * pin, cog * taps) + _gemm(m_, cig, cog * taps, n * pin))
-        t /= BATCHED_GEMM_RATE if g > 1 else 1
         extra = 2 * (x_b + y_b) if kernel == "gemm_cols_nhwc" else 0
-        return t + (y_b + 3 * cols + 2 * x_b + w_b + extra) / bw + 8 * m_.overhead
+        return t + split + (y_b + 3 * cols + 2 * x_b + w_b + extra) / bw + 8 * m_.overhead
     if kernel == "subpixel" and which == "forward":
         from .formulations.phase import subpixel  # lazily: the formulations import the planner
 
@@ -340,7 +350,7 @@ def estimate(spec: ConvTransposeSpec, dtype, kernel: str, which: str, m_: Machin
         flops = 2.0 * pixels * ci * window * residues * co // g
         t = _conv(m_, flops, ci // g * window, co // g * residues, pixels)
         y2_b = pixels * co * residues * item  # the convolution's result, then interleaved
-        return t + (x_b + w_b + 2 * y2_b + y_b) / bw + 4 * m_.overhead
+        return t + split + (x_b + w_b + 2 * y2_b + y_b) / bw + 4 * m_.overhead
     if kernel == "phase_convs" and which == "forward":
         t, moved = 0.0, x_b + 2 * y_b
         for combo, members in phase_plan(spec).convolutions():

@@ -196,9 +196,8 @@ def _phase_kernels(spec, dtype, *, backend, on_mesh, strategy, autotune) -> Phas
     local_cpu = backend == "cpu" and not on_mesh
     if strategy in ("cols", "phase") and not (local_cpu and _cost.gemm_applies(spec, dtype)):
         raise ValueError(
-            f"strategy={strategy!r} needs the GEMM lowering: one CPU device, channels-first "
-            f"if grouped, and "
-            f"buffers under {_cost.MAX_COLS_BYTES} bytes; got groups={spec.groups}, "
+            f"strategy={strategy!r} needs the GEMM lowering: one CPU device, a batch, and "
+            f"buffers under {_cost.MAX_COLS_BYTES} bytes; got batch={spec.batch}, "
             f"backend={backend!r}, on_mesh={on_mesh}"
         )
     if strategy == "phase":

@@ -7,25 +7,13 @@ run group by group, a grouped layer partitions with halo exchanges only. The pla
 
 from __future__ import annotations
 
-import dataclasses
-
 import jax
-import jax.numpy as jnp
-from jax import lax
 
+from .._groups import by_group
 from .._spec import ConvTransposeSpec
 from ._registry import get
 
 __all__ = ["per_group"]
-
-_UNROLL_GROUPS = 8  # more groups run under lax.map: one convolution in the program
-
-
-def _group_axes(spec: ConvTransposeSpec) -> tuple[int, int]:
-    """Channel axis of the activation and the C_in axis of the weight."""
-    if spec.channels_last:
-        return spec.ndim + 1, spec.ndim
-    return 1, 0
 
 
 def per_group(
@@ -81,20 +69,6 @@ def per_group(
             a, b, sub, precision=precision, preferred_element_type=preferred_element_type
         )
 
-    g = spec.groups
-    if g == 1:
-        return fn(x, w, spec)
-    cig, cog = spec.in_channels // g, spec.out_channels // g
-    sub = dataclasses.replace(spec, in_channels=cig, out_channels=cog, groups=1)
-    x_axis, w_axis = _group_axes(spec)
-    if g <= _UNROLL_GROUPS:
-        # Unrolled, the partitioner keeps output channels sharded when the weight is.
-        xs = jnp.split(x, g, axis=x_axis)
-        ws = jnp.split(w, g, axis=w_axis)
-        return jnp.concatenate([fn(a, b, sub) for a, b in zip(xs, ws)], axis=x_axis)
-    # [..., C_in, ...] -> [g, ..., C_in/g, ...]: the group index leads.
-    xg = jnp.moveaxis(x.reshape(*x.shape[:x_axis], g, cig, *x.shape[x_axis + 1 :]), x_axis, 0)
-    wg = jnp.moveaxis(w.reshape(*w.shape[:w_axis], g, cig, *w.shape[w_axis + 1 :]), w_axis, 0)
-    y = lax.map(lambda xw: fn(xw[0], xw[1], sub), (xg, wg))  # [g, ..., C_out/g, ...]
-    y = jnp.moveaxis(y, 0, x_axis)
-    return y.reshape(*y.shape[:x_axis], g * cog, *y.shape[x_axis + 2 :])
+    # Unrolled (up to UNROLL_GROUPS), the partitioner keeps output channels sharded
+    # when the weight is.
+    return by_group(fn, spec, [(x, "act"), (w, "weight")], "act")

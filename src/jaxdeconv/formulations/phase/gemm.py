@@ -1,5 +1,5 @@
-"""GEMM lowerings of the zero-free transposed convolution (either layout; groups as a
-batch dimension of the GEMMs, channels-first).
+"""GEMM lowerings of the zero-free transposed convolution (either layout, ungrouped:
+the primitives run a grouped layer group by group).
 
 The phase primitives (:mod:`.primitives`) lower here on one CPU device when the plan
 (:mod:`jaxdeconv._plan`) says so. Every product below is a plain matrix product of
@@ -273,18 +273,6 @@ def forward(x, w, *, spec, precision, preferred_element_type):
             preferred_element_type=acc,
         ).reshape(spec.batch, *size, *k, co)
         y = col2im(cols, spec, _r(n + 1, n), _r(1, n), acc)  # [N, *out, C_out]
-    elif spec.groups > 1:
-        # One GEMM per group, the group a batch dimension of one dot_general:
-        # cols[g, C_out/g * K, N * in] = W_g^T @ X_g, groups major in C_out as in torch.
-        grp = spec.groups
-        cols = lax.dot_general(
-            lax.optimization_barrier(w.reshape(grp, ci // grp, -1).transpose(0, 2, 1)),
-            _to_cn(x, spec).reshape(grp, ci // grp, -1),
-            (((2,), (1,)), ((0,), (0,))),
-            precision=precision,
-            preferred_element_type=acc,
-        ).reshape(co, *k, spec.batch, *size)
-        y = jnp.swapaxes(col2im(cols, spec, _r(1, n), _r(n + 2, n), acc), 0, 1)
     elif w.size <= x.size:
         # cols[C_out * K, N * in] = W^T @ X. W^T is materialized (the barrier keeps XLA
         # from folding the transpose back into the product): XLA:CPU hands only
@@ -473,16 +461,6 @@ def input_grad(g, w, *, spec, precision, preferred_element_type, strategy, nhwc=
             precision=precision,
             preferred_element_type=acc,
         ).reshape(spec.batch, *spec.input_size, ci)
-    elif spec.groups > 1:  # per group dX_g = W_g @ G_g, the group a batch dimension
-        ci, grp = spec.in_channels, spec.groups
-        dx = lax.dot_general(
-            w.reshape(grp, ci // grp, -1),
-            cotangent_cols(g, spec).reshape(grp, -1, spec.batch * math.prod(spec.input_size)),
-            (((2,), (1,)), ((0,), (0,))),
-            precision=precision,
-            preferred_element_type=acc,
-        )
-        dx = _from_cn(dx.reshape(ci, spec.batch, *spec.input_size), spec)
     else:
         ci = spec.in_channels
         dx = lax.dot_general(
@@ -523,15 +501,6 @@ def weight_grad(x, g, *, spec, precision, preferred_element_type, strategy, nhwc
             preferred_element_type=acc,
         ).reshape(ci, *spec.kernel_size, spec.out_channels)
         dw = jnp.moveaxis(dw, 0, -2)
-    elif spec.groups > 1:  # per group dW_g = X_g @ G_g^T
-        ci, grp = spec.in_channels, spec.groups
-        dw = lax.dot_general(
-            x.swapaxes(0, 1).reshape(grp, ci // grp, -1),
-            cotangent_cols(g, spec).reshape(grp, -1, spec.batch * math.prod(spec.input_size)),
-            (((2,), (2,)), ((0,), (0,))),
-            precision=precision,
-            preferred_element_type=acc,
-        ).reshape(spec.weight_shape)
     else:
         ci = spec.in_channels
         dw = lax.dot_general(

@@ -46,6 +46,7 @@ import numpy as np
 from jax.extend.core import Primitive
 from jax.interpreters import ad, batching, mlir
 
+from ..._groups import by_group
 from ..._plan import PhaseKernels, on_several_devices, phase_kernels
 from . import conv, gemm, subpixel
 from .gemm import out_dtype
@@ -62,36 +63,80 @@ __all__ = [
 # ----------------------------------------------------------------------------- dispatch
 
 
+# XLA:CPU runs grouped products and convolutions far under its ungrouped ones, so the
+# CPU kernels below compute a grouped layer group by group (:func:`jaxdeconv._groups.
+# by_group`); the convolution kernels keep the grouped convolution, which XLA's
+# partitioner and cuDNN take as it is.
+BY_GROUP = ("gemm_cols", "gemm_cols_nhwc", "subpixel")
+
+
 def _forward_impl(x, w, *, spec, kernels, precision, preferred_element_type):
-    kw = dict(spec=spec, preferred_element_type=preferred_element_type)
+    kw = dict(precision=precision, preferred_element_type=preferred_element_type)
     if kernels.forward == "gemm_cols":
-        return gemm.forward(x, w, precision=precision, **kw)
+        return by_group(
+            lambda x, w, sub: gemm.forward(x, w, spec=sub, **kw),
+            spec,
+            [(x, "act"), (w, "weight")],
+            "act",
+        )
     if kernels.forward == "subpixel":
-        return subpixel.forward(x, w, precision=precision, fold_leading=kernels.fold_leading, **kw)
+        return by_group(
+            lambda x, w, sub: subpixel.forward(
+                x, w, spec=sub, fold_leading=kernels.fold_leading, **kw
+            ),
+            spec,
+            [(x, "act"), (w, "weight")],
+            "act",
+        )
     if kernels.forward == "elementwise":
-        return conv.forward_elementwise(x, w, **kw)
-    return conv.forward_convs(x, w, precision=precision, fold_leading=kernels.fold_leading, **kw)
+        return conv.forward_elementwise(
+            x, w, spec=spec, preferred_element_type=preferred_element_type
+        )
+    return conv.forward_convs(x, w, spec=spec, fold_leading=kernels.fold_leading, **kw)
+
+
+def _gemm_kw(kind, precision, preferred_element_type):
+    return dict(
+        precision=precision,
+        preferred_element_type=preferred_element_type,
+        strategy=kind.split("_")[1],
+        nhwc=kind.endswith("nhwc"),
+    )
 
 
 def _input_grad_impl(g, w, *, spec, kernels, precision, preferred_element_type):
-    kw = dict(spec=spec, preferred_element_type=preferred_element_type)
     kind = kernels.input_grad
-    if kind.startswith("gemm"):
-        return gemm.input_grad(
-            g, w, precision=precision, strategy=kind.split("_")[1], nhwc=kind.endswith("nhwc"), **kw
+    if kind in BY_GROUP:
+        kw = _gemm_kw(kind, precision, preferred_element_type)
+        return by_group(
+            lambda g, w, sub: gemm.input_grad(g, w, spec=sub, **kw),
+            spec,
+            [(g, "act"), (w, "weight")],
+            "act",
         )
+    if kind == "gemm_phase":
+        return gemm.input_grad(g, w, spec=spec, **_gemm_kw(kind, precision, preferred_element_type))
+    kw = dict(spec=spec, preferred_element_type=preferred_element_type)
     if kind == "elementwise":
         return conv.input_grad_elementwise(g, w, **kw)
     return conv.input_grad_convs(g, w, precision=precision, **kw)
 
 
 def _weight_grad_impl(x, g, *, spec, kernels, precision, preferred_element_type):
-    kw = dict(spec=spec, preferred_element_type=preferred_element_type)
     kind = kernels.weight_grad
-    if kind.startswith("gemm"):
-        return gemm.weight_grad(
-            x, g, precision=precision, strategy=kind.split("_")[1], nhwc=kind.endswith("nhwc"), **kw
+    if kind in BY_GROUP:
+        kw = _gemm_kw(kind, precision, preferred_element_type)
+        return by_group(
+            lambda x, g, sub: gemm.weight_grad(x, g, spec=sub, **kw),
+            spec,
+            [(x, "act"), (g, "act")],
+            "weight",
         )
+    if kind == "gemm_phase":
+        return gemm.weight_grad(
+            x, g, spec=spec, **_gemm_kw(kind, precision, preferred_element_type)
+        )
+    kw = dict(spec=spec, preferred_element_type=preferred_element_type)
     if kind == "elementwise":
         return conv.weight_grad_elementwise(x, g, **kw)
     return conv.weight_grad_convs(x, g, precision=precision, **kw)

@@ -1,0 +1,75 @@
+"""Running a grouped layer's computation group by group.
+
+A grouped transposed convolution (or either of its gradients) is ``groups``
+independent ungrouped ones, each on its slice of the channels. :func:`by_group` runs
+any such computation that way; :func:`jaxdeconv.formulations.per_group` (on a mesh)
+and the phase primitives' CPU GEMM and sub-pixel kernels (where XLA:CPU's grouped
+products and convolutions run far under its ungrouped ones) use it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from ._spec import ConvTransposeSpec
+
+__all__ = ["UNROLL_GROUPS", "by_group", "ungrouped"]
+
+# Up to this many groups are unrolled (one program part per group); more run one after
+# another under lax.map, which keeps the program's size independent of the groups.
+UNROLL_GROUPS = 8
+
+
+def ungrouped(spec: ConvTransposeSpec) -> ConvTransposeSpec:
+    """The spec of one group: ``C_in / groups -> C_out / groups``, ``groups == 1``."""
+    g = spec.groups
+    return dataclasses.replace(
+        spec, in_channels=spec.in_channels // g, out_channels=spec.out_channels // g, groups=1
+    )
+
+
+def _axis(spec: ConvTransposeSpec, kind: str) -> int:
+    """The axis that holds the groups: an activation's channels, the weight's ``C_in``."""
+    if kind == "act":
+        return spec.ndim + 1 if spec.channels_last else 1
+    if kind == "weight":
+        return spec.ndim if spec.channels_last else 0
+    raise ValueError(f"kind={kind!r} is not 'act' or 'weight'")
+
+
+def by_group(
+    fn: Callable[..., jax.Array],
+    spec: ConvTransposeSpec,
+    operands: Sequence[tuple[jax.Array, str]],
+    out: str,
+) -> jax.Array:
+    """``fn(*operands_of_one_group, sub_spec)`` for every group, put back together.
+
+    Args:
+      fn: computes one group: its operands' slices, then the ungrouped spec.
+      spec: the grouped operation; each operand and the result are in its layout.
+      operands: ``(array, kind)`` pairs, ``kind`` ``"act"`` (split on the channel
+        axis: an input, output or cotangent) or ``"weight"`` (split on ``C_in``).
+      out: the result's kind.
+    """
+    g = spec.groups
+    sub = ungrouped(spec)
+    if g == 1:
+        return fn(*(a for a, _ in operands), sub)
+    out_axis = _axis(spec, out)
+    if g <= UNROLL_GROUPS:
+        parts = [jnp.split(a, g, axis=_axis(spec, kind)) for a, kind in operands]
+        return jnp.concatenate([fn(*p, sub) for p in zip(*parts)], axis=out_axis)
+    stacked = []
+    for a, kind in operands:  # [.., C, ..] -> [g, .., C/g, ..]: the group index leads
+        ax = _axis(spec, kind)
+        a = a.reshape(*a.shape[:ax], g, a.shape[ax] // g, *a.shape[ax + 1 :])
+        stacked.append(jnp.moveaxis(a, ax, 0))
+    y = lax.map(lambda ps: fn(*ps, sub), tuple(stacked))  # [g, .., C/g, ..]
+    y = jnp.moveaxis(y, 0, out_axis)
+    return y.reshape(*y.shape[:out_axis], -1, *y.shape[out_axis + 2 :])
