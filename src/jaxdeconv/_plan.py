@@ -31,6 +31,13 @@ __all__ = ["PhaseKernels", "Plan", "calibrate", "make_plan", "on_several_devices
 # grouped convolutions are slow there and the work is memory-bound, so each phase is
 # a fused sum of per-tap products.
 ELEMENTWISE_MAX_OUT_PER_GROUP = 4
+# On one CPU device the fused products serve the forward pass of depthwise layers with
+# up to this many outputs per group (128 groups, 32x32, k4 s2, N8: 89 ms at 8 outputs
+# per group against 183-284 for the GEMM and convolution kernels and 278 for torch; 24.6
+# against 71-85 at 2); their gradients only with one output per group (42 against the
+# GEMM gradients' 50 ms; at 2, 140 against 81), else the GEMM gradients group by group
+# (2026-12-01, this 2-core machine).
+ELEMENTWISE_CPU_FORWARD_MAX_OUT_PER_GROUP = 16
 
 FORWARD_KERNELS = ("gemm_cols", "subpixel", "phase_convs", "elementwise")
 GRAD_KERNELS = ("gemm_cols", "gemm_cols_nhwc", "gemm_phase", "convs", "elementwise")
@@ -148,12 +155,12 @@ def on_several_devices(*arrays) -> bool:
     return False
 
 
-def elementwise(spec: ConvTransposeSpec) -> bool:
-    """Depthwise-like: one input channel per group and few outputs per group."""
+def elementwise(spec: ConvTransposeSpec, max_out: int = ELEMENTWISE_MAX_OUT_PER_GROUP) -> bool:
+    """Depthwise-like: one input channel per group and at most ``max_out`` outputs per group."""
     return (
         spec.groups > 1
         and spec.in_channels == spec.groups
-        and spec.out_channels // spec.groups <= ELEMENTWISE_MAX_OUT_PER_GROUP
+        and spec.out_channels // spec.groups <= max_out
     )
 
 
@@ -207,6 +214,17 @@ def _phase_kernels(spec, dtype, *, backend, on_mesh, strategy, autotune) -> Phas
     if strategy == "cols":
         grads = "gemm_cols_nhwc" if _cost.cols_grads_via_nhwc(spec, dtype) else "gemm_cols"
         return PhaseKernels("gemm", "gemm_cols", grads, grads)
+    if (
+        local_cpu
+        and strategy is None
+        and elementwise(spec, ELEMENTWISE_CPU_FORWARD_MAX_OUT_PER_GROUP)
+    ):
+        reason = "depthwise-like: fused per-tap products"
+        if spec.out_channels == spec.groups or not _cost.gemm_applies(spec, dtype):
+            return PhaseKernels("conv", "elementwise", "elementwise", "elementwise", reason=reason)
+        grads = "gemm_cols_nhwc" if _cost.cols_grads_via_nhwc(spec, dtype) else "gemm_cols"
+        reason += " forward; several outputs per group: im2col GEMM gradients, group by group"
+        return PhaseKernels("gemm", "elementwise", grads, grads, reason=reason)
     ew = elementwise(spec)
     if local_cpu and strategy is None and not ew:
         fwd, grads, reason = _cost.choose(spec, dtype)
