@@ -5,7 +5,9 @@ layers at random (rank 1-3, kernel 2-8, stride 1-4, dilation, padding, output_pa
 groups, channels 1-256, batch 1-16) so that a planner fitted to the suite shows itself.
 Per layer it prints the plan and the forward and forward+backward times of `auto`,
 `lhs_dilated` (lax's conv_transpose) and torch, timed interleaved round after round,
-best kept, and the geomeans at the end. Nothing is written to disk.
+best kept, and the geomeans at the end. With ``--channels-last`` the JAX variants run
+channels-last (``[N, *spatial, C]``, as Flax and Keras models are) against torch's
+channels-first. Nothing is written to disk.
 
     python benchmarks/random_layers.py --seed 11 --layers 30
 """
@@ -66,19 +68,27 @@ def best_times(calls: dict, rounds: int, slow: float = 0.5) -> dict[str, float]:
     return best
 
 
-def time_layer(rng, xs, ws, kw, rounds):
-    """Best times of auto, lax and torch, forward and forward+backward, on one layer."""
+def time_layer(rng, xs, ws, kw, rounds, channels_last=False):
+    """Best times of auto, lax and torch, forward and forward+backward, on one layer.
+
+    Returns the JAX operands (channels-last ones with ``channels_last``), their keyword
+    arguments and the times."""
     import torch
 
     x = jnp.asarray(rng.standard_normal(xs), jnp.float32)
     w = jnp.asarray(rng.standard_normal(ws), jnp.float32)
     tfn = getattr(torch.nn.functional, f"conv_transpose{len(xs) - 2}d")
     xt, wt = torch.tensor(np.asarray(x)), torch.tensor(np.asarray(w))
+    if channels_last:
+        x, w = jnp.moveaxis(x, 1, -1), jnp.moveaxis(w, (0, 1), (-2, -1))
+        kw_jax = {**kw, "channels_last": True}
+    else:
+        kw_jax = kw
     xg, wg = xt.clone().requires_grad_(True), wt.clone().requires_grad_(True)
 
     def jax_calls(method):
         def y(x, w):
-            return jaxdeconv.conv_transpose(x, w, **kw, method=method)
+            return jaxdeconv.conv_transpose(x, w, **kw_jax, method=method)
 
         f = jax.jit(y)
         g = jax.jit(jax.grad(lambda x, w: jnp.sum(y(x, w) ** 2), (0, 1)))
@@ -101,7 +111,7 @@ def time_layer(rng, xs, ws, kw, rounds):
         "lax fwd+bwd": lax_[1],
         "torch fwd+bwd": torch_fwd_bwd,
     }
-    return x, w, best_times(calls, rounds)
+    return x, w, kw_jax, best_times(calls, rounds)
 
 
 def main() -> None:
@@ -109,6 +119,9 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--layers", type=int, default=20)
     ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument(
+        "--channels-last", action="store_true", help="JAX variants channels-last (torch: NCHW)"
+    )
     opts = ap.parse_args()
     import torch
 
@@ -122,14 +135,14 @@ def main() -> None:
             continue
         done += 1
         xs, ws, kw = layer
-        x, w, t = time_layer(rng, xs, ws, kw, opts.rounds)
+        x, w, kw_jax, t = time_layer(rng, xs, ws, kw, opts.rounds, opts.channels_last)
         row = []
         for mode in ("fwd", "fwd+bwd"):
             for base in ("torch", "lax"):
                 r = t[f"{base} {mode}"] / t[f"auto {mode}"]
                 ratios.setdefault(f"{mode} x {base}", []).append(r)
                 row.append(f"{mode} {r:.2f}x {base}")
-        label = jaxdeconv.plan(x, w, **kw).label
+        label = jaxdeconv.plan(x, w, **kw_jax).label
         print(f"{xs} <- {ws} {kw}: auto {1e3 * t['auto fwd']:.2f} ms; {', '.join(row)} [{label}]")
     print()
     for key, v in ratios.items():

@@ -152,6 +152,14 @@ def test_random_layers_draws_layers_jaxdeconv_and_torch_accept():
     assert len(drawn) > 20
     for xs, ws, kw in drawn:
         make_spec(xs, ws, **kw)  # raises on an invalid layer
-    *_, t = mod.time_layer(rng, (1, 4, 5, 5), (4, 2, 3, 3), dict(stride=2, padding=1), 2)
-    assert set(t) == {f"{v} {m}" for v in ("auto", "lax", "torch") for m in ("fwd", "fwd+bwd")}
-    assert all(0 < v < 10 for v in t.values())
+    for cl in (False, True):
+        x, w, kw, t = mod.time_layer(
+            rng, (1, 4, 5, 5), (4, 2, 3, 3), dict(stride=2, padding=1), 2, channels_last=cl
+        )
+        assert (x.shape, w.shape) == (
+            ((1, 5, 5, 4), (3, 3, 4, 2)) if cl else ((1, 4, 5, 5), (4, 2, 3, 3))
+        )
+        assert kw.get("channels_last", False) == cl
+        keys = {f"{v} {m}" for v in ("auto", "lax", "torch") for m in ("fwd", "fwd+bwd")}
+        assert set(t) == keys
+        assert all(0 < v < 10 for v in t.values())

@@ -64,30 +64,22 @@ __all__ = [
 
 
 # XLA:CPU runs grouped products and convolutions far under its ungrouped ones, so the
-# CPU kernels below compute a grouped layer group by group (:func:`jaxdeconv._groups.
-# by_group`); the convolution kernels keep the grouped convolution, which XLA's
-# partitioner and cuDNN take as it is.
-BY_GROUP = ("gemm_cols", "gemm_cols_nhwc", "subpixel")
+# CPU kernels (GEMM and sub-pixel) compute a grouped layer group by group
+# (:func:`jaxdeconv._groups.by_group`, which passes an ungrouped layer through); the
+# convolution kernels keep the grouped convolution, which XLA's partitioner and cuDNN
+# take as it is.
 
 
 def _forward_impl(x, w, *, spec, kernels, precision, preferred_element_type):
     kw = dict(precision=precision, preferred_element_type=preferred_element_type)
-    if kernels.forward == "gemm_cols":
-        return by_group(
-            lambda x, w, sub: gemm.forward(x, w, spec=sub, **kw),
-            spec,
-            [(x, "act"), (w, "weight")],
-            "act",
-        )
-    if kernels.forward == "subpixel":
-        return by_group(
-            lambda x, w, sub: subpixel.forward(
-                x, w, spec=sub, fold_leading=kernels.fold_leading, **kw
-            ),
-            spec,
-            [(x, "act"), (w, "weight")],
-            "act",
-        )
+    if kernels.forward in ("gemm_cols", "subpixel"):
+
+        def one_group(x, w, sub):
+            if kernels.forward == "gemm_cols":
+                return gemm.forward(x, w, spec=sub, **kw)
+            return subpixel.forward(x, w, spec=sub, fold_leading=kernels.fold_leading, **kw)
+
+        return by_group(one_group, spec, [(x, "act"), (w, "weight")], "act")
     if kernels.forward == "elementwise":
         return conv.forward_elementwise(
             x, w, spec=spec, preferred_element_type=preferred_element_type
@@ -106,7 +98,7 @@ def _gemm_kw(kind, precision, preferred_element_type):
 
 def _input_grad_impl(g, w, *, spec, kernels, precision, preferred_element_type):
     kind = kernels.input_grad
-    if kind in BY_GROUP:
+    if kind.startswith("gemm"):
         kw = _gemm_kw(kind, precision, preferred_element_type)
         return by_group(
             lambda g, w, sub: gemm.input_grad(g, w, spec=sub, **kw),
@@ -114,8 +106,6 @@ def _input_grad_impl(g, w, *, spec, kernels, precision, preferred_element_type):
             [(g, "act"), (w, "weight")],
             "act",
         )
-    if kind == "gemm_phase":
-        return gemm.input_grad(g, w, spec=spec, **_gemm_kw(kind, precision, preferred_element_type))
     kw = dict(spec=spec, preferred_element_type=preferred_element_type)
     if kind == "elementwise":
         return conv.input_grad_elementwise(g, w, **kw)
@@ -124,17 +114,13 @@ def _input_grad_impl(g, w, *, spec, kernels, precision, preferred_element_type):
 
 def _weight_grad_impl(x, g, *, spec, kernels, precision, preferred_element_type):
     kind = kernels.weight_grad
-    if kind in BY_GROUP:
+    if kind.startswith("gemm"):
         kw = _gemm_kw(kind, precision, preferred_element_type)
         return by_group(
             lambda x, g, sub: gemm.weight_grad(x, g, spec=sub, **kw),
             spec,
             [(x, "act"), (g, "act")],
             "weight",
-        )
-    if kind == "gemm_phase":
-        return gemm.weight_grad(
-            x, g, spec=spec, **_gemm_kw(kind, precision, preferred_element_type)
         )
     kw = dict(spec=spec, preferred_element_type=preferred_element_type)
     if kind == "elementwise":
