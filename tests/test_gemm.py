@@ -15,7 +15,7 @@ import pytest
 
 import jaxdeconv
 from jaxdeconv import PhaseKernels, make_spec
-from jaxdeconv._cost import MAX_COLS_BYTES, gemm_applies
+from jaxdeconv._cost import MAX_COLS_BYTES, batch_chunks, cols_bytes, gemm_applies
 from jaxdeconv._phases import phase_plan
 from jaxdeconv._plan import phase_kernels
 from jaxdeconv.formulations.phase import gemm as _gemm
@@ -176,13 +176,51 @@ def test_what_the_gemm_lowering_does_not_serve():
 
 
 def test_cols_bound():
-    """The GEMM lowering's buffer is bounded: a batch that would pass the bound is refused."""
+    """The GEMM lowering's buffer is bounded: a batch whose buffers would pass the bound
+    runs in chunks (the fewest that divide it), an image whose own buffers do is refused."""
     nbytes = 2 * 8 * 8 * 2 * 16 * 4  # N * in * C_out * K * itemsize
     assert nbytes < MAX_COLS_BYTES
-    assert gemm_applies(make_spec((2, 4, 8, 8), (4, 2, 4, 4), 2), np.float32)
+    small = make_spec((2, 4, 8, 8), (4, 2, 4, 4), 2)
+    assert gemm_applies(small, np.float32) and batch_chunks(small, np.float32) == 1
     over = MAX_COLS_BYTES // nbytes * 2 + 2  # a batch whose cols pass the bound
-    assert not gemm_applies(make_spec((over, 4, 8, 8), (4, 2, 4, 4), 2), np.float32)
-    assert gemm_applies(make_spec((over - 2, 4, 8, 8), (4, 2, 4, 4), 2), np.float32)
+    big = make_spec((over, 4, 8, 8), (4, 2, 4, 4), 2)
+    chunks = batch_chunks(big, np.float32)
+    assert gemm_applies(big, np.float32) and chunks > 1 and over % chunks == 0
+    assert cols_bytes(big, np.float32) // chunks <= MAX_COLS_BYTES
+    assert phase_kernels(big, np.float32, strategy="cols").batch_chunks == chunks
+    assert "batch chunks" in phase_kernels(big, np.float32, strategy="cols").label
+    assert batch_chunks(make_spec((over - 2, 4, 8, 8), (4, 2, 4, 4), 2), np.float32) == 1
+    image = make_spec((1, 1, 2048, 2048), (1, 64, 4, 4), 2)  # one image: 17 GB of cols
+    assert not gemm_applies(image, np.float32)
+    assert phase_kernels(image, np.float32).lowering == "conv"
+
+
+@pytest.mark.parametrize("chunks", [2, 3])
+@pytest.mark.parametrize("cl", [False, True], ids=["nchw", "nhwc"])
+def test_batch_chunks_match_numpy(chunks, cl, rng):
+    """The GEMM kernels on chunks of the batch, one after another: the same values and
+    gradients (the weight gradient summed over the chunks), grouped too."""
+    spec = make_spec((6, 4, 5, 3), (4, 3, 4, 3), 2, 1, (1, 0), 2)
+    if cl:
+        spec = dataclasses.replace(spec, channels_last=True)
+    x = rng.standard_normal(spec.input_shape)
+    w = rng.standard_normal(spec.weight_shape)
+    g = rng.standard_normal(spec.output_shape)
+    cf = lambda a: np.moveaxis(a, -1, 1) if cl else a  # noqa: E731
+    cf_w = lambda a: np.moveaxis(a, (-2, -1), (0, 1)) if cl else a  # noqa: E731
+    ref = dataclasses.replace(spec, channels_last=False)
+    dx_ref, dw_ref, _ = numpy_conv_transpose_vjp(cf(x), cf_w(w), cf(g), ref)
+    for grads in ("gemm_cols", "gemm_cols_nhwc"):
+        k = PhaseKernels("gemm", "gemm_cols", grads, grads, batch_chunks=chunks)
+        with jax.enable_x64(True):
+            y = jax.jit(lambda x, w, k=k: _bind(_phase.forward_p, x, w, spec, k))(x, w)
+            dx = jax.jit(lambda g, w, k=k: _bind(_phase.input_grad_p, g, w, spec, k))(g, w)
+            dw = jax.jit(lambda x, g, k=k: _bind(_phase.weight_grad_p, x, g, spec, k))(x, g)
+        np.testing.assert_allclose(
+            cf(y), numpy_reference(cf(x), cf_w(w), ref), rtol=1e-10, atol=1e-10
+        )
+        np.testing.assert_allclose(cf(dx), dx_ref, rtol=1e-10, atol=1e-10)
+        np.testing.assert_allclose(cf_w(dw), dw_ref, rtol=1e-10, atol=1e-10)
 
 
 def _entry(hlo: str) -> list[str]:

@@ -12,7 +12,7 @@ import numpy as np
 from jax.typing import ArrayLike
 
 from . import formulations
-from ._cost import MAX_COLS_BYTES, gemm_applies
+from ._cost import MAX_COLS_BYTES, cols_bytes, gemm_applies
 from ._layout import add_bias
 from ._plan import Plan, make_plan, on_several_devices, phase_kernels
 from ._spec import (
@@ -148,13 +148,19 @@ def _plan_for(method, spec: ConvTransposeSpec, dtype, *arrays, on_mesh=None) -> 
         on_mesh = on_several_devices(*arrays)
     if isinstance(method, Plan):
         kernels = method.kernels
-        if kernels is not None and kernels.lowering == "gemm" and not gemm_applies(spec, dtype):
-            raise ValueError(
-                f"method={method.label!r}: the GEMM lowering cannot run this layer "
-                f"(batch={spec.batch}, or its buffers over {MAX_COLS_BYTES} bytes); plan it "
-                "for these arguments "
-                "with jaxdeconv.plan(...)"
-            )
+        if kernels is not None and kernels.lowering == "gemm":
+            chunks = kernels.batch_chunks
+            if (
+                not gemm_applies(spec, dtype)
+                or spec.batch % chunks
+                or cols_bytes(spec, dtype) // chunks > MAX_COLS_BYTES
+            ):
+                raise ValueError(
+                    f"method={method.label!r}: the GEMM lowering cannot run this layer as "
+                    f"planned (batch={spec.batch} in {chunks} chunk(s), buffers of "
+                    f"{cols_bytes(spec, dtype)} bytes against {MAX_COLS_BYTES} per chunk); "
+                    "plan it for these arguments with jaxdeconv.plan(...)"
+                )
         return method
     return make_plan(spec, np.dtype(dtype), method, on_mesh=on_mesh)
 

@@ -52,6 +52,7 @@ __all__ = [
     "MAX_COLS_BYTES",
     "Machine",
     "autotune",
+    "batch_chunks",
     "cache_dir",
     "calibrate",
     "choose",
@@ -86,7 +87,7 @@ PHASE_CONV_RATE = 0.55
 TIE = 0.05
 _PROGRAM_RANK = {"gemm_cols": 0, "gemm_cols_nhwc": 0, "gemm_phase": 1, "convs": 2}
 # Grouped layers run group by group in the GEMM and sub-pixel kernels
-# (jaxdeconv._groups.by_group): XLA:CPU ran a dot_general with the groups as a batch
+# (jaxdeconv._split.by_group): XLA:CPU ran a dot_general with the groups as a batch
 # dimension, [4,1024,64] @ [4,64,2048], at 85 GF/s against 272 for one [1024,64] @
 # [64,2048], and a grouped convolution under the per-group ones. The split and the
 # concatenation copy the operands and the result once; each group pays the overhead.
@@ -256,10 +257,21 @@ def cols_bytes(spec: ConvTransposeSpec, dtype) -> int:
 
 
 def gemm_applies(spec: ConvTransposeSpec, dtype) -> bool:
-    """Whether the GEMM lowering's cols strategy can serve ``spec`` (bounded buffers)."""
+    """Whether the GEMM lowering's cols strategy can serve ``spec``: its buffers for one
+    image under ``MAX_COLS_BYTES`` (a larger batch runs in chunks, :func:`batch_chunks`)."""
     if spec.batch == 0:
         return False
-    return cols_bytes(spec, dtype) <= MAX_COLS_BYTES
+    return cols_bytes(spec, dtype) // spec.batch <= MAX_COLS_BYTES
+
+
+def batch_chunks(spec: ConvTransposeSpec, dtype) -> int:
+    """The fewest equal chunks of the batch whose GEMM buffers stay under
+    ``MAX_COLS_BYTES`` (a divisor of the batch; 1 if the whole batch fits)."""
+    whole = cols_bytes(spec, dtype)
+    for c in range(1, spec.batch + 1):
+        if spec.batch % c == 0 and whole // c <= MAX_COLS_BYTES:
+            return c
+    return spec.batch
 
 
 def cols_grads_via_nhwc(spec: ConvTransposeSpec, dtype) -> bool:
@@ -341,6 +353,10 @@ def estimate(spec: ConvTransposeSpec, dtype, kernel: str, which: str, m_: Machin
         # im2col (reads g, writes G), dX = W @ G and dW = X @ G^T read G
         t = g * (_gemm(m_, cig, n * pin, cog * taps) + _gemm(m_, cig, cog * taps, n * pin))
         extra = 2 * (x_b + y_b) if kernel == "gemm_cols_nhwc" else 0
+        if batch_chunks(spec, dtype) > 1:
+            # each gradient loops over the chunks on its own: G is built twice (in one
+            # program XLA shares it between them)
+            extra += y_b + cols
         return t + split + (y_b + 3 * cols + 2 * x_b + w_b + extra) / bw + 8 * m_.overhead
     if kernel == "subpixel" and which == "forward":
         from .formulations.phase import subpixel  # lazily: the formulations import the planner
@@ -408,11 +424,13 @@ def _spec_key(spec: ConvTransposeSpec, dtype) -> str:
     return f"{np.dtype(dtype).name}:{spec!r}"
 
 
-def _kernels(fwd: str, grads: str):
+def _kernels(fwd: str, grads: str, chunks: int = 1):
     from ._plan import PhaseKernels
 
     lowering = "gemm" if "gemm" in fwd + grads else "conv"
-    return PhaseKernels(lowering, fwd, grads, grads)
+    return PhaseKernels(
+        lowering, fwd, grads, grads, batch_chunks=chunks if lowering == "gemm" else 1
+    )
 
 
 def _time_kernels(spec: ConvTransposeSpec, dtype, fwd_kernels, grad_kernels):
@@ -434,17 +452,18 @@ def _time_kernels(spec: ConvTransposeSpec, dtype, fwd_kernels, grad_kernels):
         return out
 
     params = dict(spec=spec, precision=None, preferred_element_type=None)
+    chunks = batch_chunks(spec, dtype)
     times = {}
     with jax.ensure_compile_time_eval():  # run now, also while an outer jit traces
         x = jnp.asarray(rng.standard_normal(spec.input_shape), dtype)
         w = jnp.asarray(rng.standard_normal(spec.weight_shape), dtype)
         g = jnp.asarray(rng.standard_normal(spec.output_shape), dtype)
         for k in fwd_kernels:
-            kern = _kernels(k, grad_kernels[0])
+            kern = _kernels(k, grad_kernels[0], chunks)
             f = jax.jit(lambda x, w, kern=kern: prims.forward_p.bind(x, w, kernels=kern, **params))
             times["forward", k] = best(f, x, w)
         for k in grad_kernels:
-            kern = _kernels(fwd_kernels[0], k)
+            kern = _kernels(fwd_kernels[0], k, chunks)
 
             def both(x, w, g, kern=kern):
                 dx = prims.input_grad_p.bind(g, w, kernels=kern, **params)

@@ -58,6 +58,9 @@ class PhaseKernels:
         ``"gemm_cols_nhwc"`` (the same, computed channels-last),
         ``"gemm_phase"`` (the phase convolutions' transposes as GEMMs), ``"convs"``
         (the strided convolution / one dot per tap) or ``"elementwise"``.
+      batch_chunks: the GEMM kernels run on this many equal chunks of the batch, one
+        after another, so that their buffers stay under ``MAX_COLS_BYTES`` on layers
+        too large to run whole (1: the whole batch at once).
       fold_leading: run 3-d (and higher) phase convolutions as 2-d ones with the
         leading taps folded into channels (faster on XLA:CPU; off on a mesh,
         where the partitioner would gather the folded activation).
@@ -71,6 +74,7 @@ class PhaseKernels:
     forward: str
     input_grad: str
     weight_grad: str
+    batch_chunks: int = 1
     fold_leading: bool = True
     backend: str = "cpu"
     on_mesh: bool = False
@@ -101,7 +105,8 @@ class PhaseKernels:
         g = grads[self.input_grad]
         if self.weight_grad != self.input_grad:
             g = f"{g} / {grads[self.weight_grad]}"
-        return f"{fwd}, {g}"
+        chunks = f", in {self.batch_chunks} batch chunks" if self.batch_chunks > 1 else ""
+        return f"{fwd}, {g}{chunks}"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -198,6 +203,13 @@ def phase_kernels(
 @functools.lru_cache(maxsize=4096)
 def _phase_kernels(spec, dtype, *, backend, on_mesh, strategy, autotune) -> PhaseKernels:
     del autotune  # part of the cache key only
+    kernels = _choose_kernels(spec, dtype, backend=backend, on_mesh=on_mesh, strategy=strategy)
+    if kernels.lowering == "gemm":
+        kernels = dataclasses.replace(kernels, batch_chunks=_cost.batch_chunks(spec, dtype))
+    return kernels
+
+
+def _choose_kernels(spec, dtype, *, backend, on_mesh, strategy) -> PhaseKernels:
     if strategy is not None and strategy not in STRATEGIES:
         raise ValueError(f"strategy={strategy!r} is not one of {STRATEGIES}")
     local_cpu = backend == "cpu" and not on_mesh

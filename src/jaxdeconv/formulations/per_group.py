@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import jax
 
-from .._groups import by_group
 from .._spec import ConvTransposeSpec
+from .._split import by_group
 from ._registry import get
 
 __all__ = ["per_group"]

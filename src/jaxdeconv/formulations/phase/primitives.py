@@ -46,8 +46,8 @@ import numpy as np
 from jax.extend.core import Primitive
 from jax.interpreters import ad, batching, mlir
 
-from ..._groups import by_group
 from ..._plan import PhaseKernels, on_several_devices, phase_kernels
+from ..._split import by_batch, by_group
 from . import conv, gemm, subpixel
 from .gemm import out_dtype
 
@@ -65,21 +65,45 @@ __all__ = [
 
 # XLA:CPU runs grouped products and convolutions far under its ungrouped ones, so the
 # CPU kernels (GEMM and sub-pixel) compute a grouped layer group by group
-# (:func:`jaxdeconv._groups.by_group`, which passes an ungrouped layer through); the
+# (:func:`jaxdeconv._split.by_group`, which passes an ungrouped layer through); the
 # convolution kernels keep the grouped convolution, which XLA's partitioner and cuDNN
 # take as it is.
 
 
+# The GEMM kernels also run on kernels.batch_chunks chunks of the batch, one after
+# another, where their buffers would be too large for the whole batch (by_batch).
+
+
+def _pieces(one_group, spec, chunks, operands, out):
+    """``one_group`` by chunk of the batch (``chunks``), and within each by group."""
+
+    def chunk(*args):
+        *arrays, sub = args
+        return by_group(one_group, sub, list(zip(arrays, kinds)), out)
+
+    kinds = [kind for _, kind in operands]
+    return by_batch(chunk, spec, chunks, operands, out)
+
+
 def _forward_impl(x, w, *, spec, kernels, precision, preferred_element_type):
     kw = dict(precision=precision, preferred_element_type=preferred_element_type)
-    if kernels.forward in ("gemm_cols", "subpixel"):
-
-        def one_group(x, w, sub):
-            if kernels.forward == "gemm_cols":
-                return gemm.forward(x, w, spec=sub, **kw)
-            return subpixel.forward(x, w, spec=sub, fold_leading=kernels.fold_leading, **kw)
-
-        return by_group(one_group, spec, [(x, "act"), (w, "weight")], "act")
+    if kernels.forward == "gemm_cols":
+        return _pieces(
+            lambda x, w, sub: gemm.forward(x, w, spec=sub, **kw),
+            spec,
+            kernels.batch_chunks,
+            [(x, "act"), (w, "weight")],
+            "act",
+        )
+    if kernels.forward == "subpixel":  # no buffer larger than the output
+        return by_group(
+            lambda x, w, sub: subpixel.forward(
+                x, w, spec=sub, fold_leading=kernels.fold_leading, **kw
+            ),
+            spec,
+            [(x, "act"), (w, "weight")],
+            "act",
+        )
     if kernels.forward == "elementwise":
         return conv.forward_elementwise(
             x, w, spec=spec, preferred_element_type=preferred_element_type
@@ -100,9 +124,10 @@ def _input_grad_impl(g, w, *, spec, kernels, precision, preferred_element_type):
     kind = kernels.input_grad
     if kind.startswith("gemm"):
         kw = _gemm_kw(kind, precision, preferred_element_type)
-        return by_group(
+        return _pieces(
             lambda g, w, sub: gemm.input_grad(g, w, spec=sub, **kw),
             spec,
+            kernels.batch_chunks,
             [(g, "act"), (w, "weight")],
             "act",
         )
@@ -116,9 +141,10 @@ def _weight_grad_impl(x, g, *, spec, kernels, precision, preferred_element_type)
     kind = kernels.weight_grad
     if kind.startswith("gemm"):
         kw = _gemm_kw(kind, precision, preferred_element_type)
-        return by_group(
+        return _pieces(
             lambda x, g, sub: gemm.weight_grad(x, g, spec=sub, **kw),
             spec,
+            kernels.batch_chunks,
             [(x, "act"), (g, "act")],
             "weight",
         )

@@ -1,10 +1,14 @@
-"""Running a grouped layer's computation group by group.
+"""Running a layer's computation in pieces: group by group, or batch chunk by chunk.
 
 A grouped transposed convolution (or either of its gradients) is ``groups``
 independent ungrouped ones, each on its slice of the channels. :func:`by_group` runs
 any such computation that way; :func:`jaxdeconv.formulations.per_group` (on a mesh)
 and the phase primitives' CPU GEMM and sub-pixel kernels (where XLA:CPU's grouped
 products and convolutions run far under its ungrouped ones) use it.
+
+Every image of the batch is independent too (the weight gradient is a sum over them):
+:func:`by_batch` runs a computation on chunks of the batch one after another, so that
+the GEMM kernels' buffers stay bounded on layers too large to run whole.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from jax import lax
 
 from ._spec import ConvTransposeSpec
 
-__all__ = ["UNROLL_GROUPS", "by_group", "ungrouped"]
+__all__ = ["UNROLL_GROUPS", "by_batch", "by_group", "ungrouped"]
 
 # Up to this many groups are unrolled (one program part per group); more run one after
 # another under lax.map, which keeps the program's size independent of the groups.
@@ -73,3 +77,41 @@ def by_group(
     y = lax.map(lambda ps: fn(*ps, sub), tuple(stacked))  # [g, .., C/g, ..]
     y = jnp.moveaxis(y, 0, out_axis)
     return y.reshape(*y.shape[:out_axis], -1, *y.shape[out_axis + 2 :])
+
+
+def by_batch(
+    fn: Callable[..., jax.Array],
+    spec: ConvTransposeSpec,
+    chunks: int,
+    operands: Sequence[tuple[jax.Array, str]],
+    out: str,
+) -> jax.Array:
+    """``fn(*operands_of_one_chunk, chunk_spec)`` on ``chunks`` equal chunks of the batch,
+    one after another (under :func:`jax.lax.map`, so only one chunk's buffers are live).
+
+    Args:
+      fn: computes one chunk: its operands, then the spec with ``batch // chunks``.
+      spec: the whole operation; ``chunks`` must divide ``spec.batch``.
+      chunks: how many chunks.
+      operands: ``(array, kind)`` pairs, ``kind`` ``"act"`` (split on the batch axis)
+        or ``"weight"`` (the same for every chunk).
+      out: ``"act"`` (the chunks' results concatenated) or ``"weight"`` (summed: a
+        weight gradient).
+    """
+    if chunks == 1:
+        return fn(*(a for a, _ in operands), spec)
+    if spec.batch % chunks:
+        raise ValueError(f"chunks={chunks} does not divide the batch, {spec.batch}")
+    sub = dataclasses.replace(spec, batch=spec.batch // chunks)
+    split = [
+        (a.reshape(chunks, -1, *a.shape[1:]), i) for i, (a, k) in enumerate(operands) if k == "act"
+    ]
+    whole = {i: a for i, (a, k) in enumerate(operands) if k == "weight"}
+
+    def one(acts):
+        args = dict(whole)
+        args.update({i: a for a, (_, i) in zip(acts, split)})
+        return fn(*(args[i] for i in range(len(operands))), sub)
+
+    y = lax.map(one, tuple(a for a, _ in split))
+    return y.sum(0) if out == "weight" else y.reshape(-1, *y.shape[2:])
