@@ -114,4 +114,6 @@ def by_batch(
         return fn(*(args[i] for i in range(len(operands))), sub)
 
     y = lax.map(one, tuple(a for a, _ in split))
-    return y.sum(0) if out == "weight" else y.reshape(-1, *y.shape[2:])
+    if out == "weight":  # the chunks' partial sums, added in at least float32
+        return y.sum(0, dtype=jnp.promote_types(y.dtype, jnp.float32)).astype(y.dtype)
+    return y.reshape(-1, *y.shape[2:])
