@@ -195,6 +195,25 @@ def test_cols_bound():
     assert phase_kernels(image, np.float32).lowering == "conv"
 
 
+@pytest.mark.parametrize("route", list(ROUTES))
+def test_output_of_gaps_only(route, rng):
+    """A crop that keeps only the gaps between the taps' footprints (k1 s3 p1): every
+    route gives a zero output and zero gradients, as NumPy does (the phase GEMM input
+    gradient used to have no convolution to start its sum from)."""
+    spec = make_spec((2, 3, 2), (3, 2, 1), 3, 1)
+    x = rng.standard_normal(spec.input_shape)
+    w = rng.standard_normal(spec.weight_shape)
+    g = rng.standard_normal(spec.output_shape)
+    k = ROUTES[route]
+    y = _bind(_phase.forward_p, x, w, spec, k)
+    dx = _bind(_phase.input_grad_p, g, w, spec, k)
+    dw = _bind(_phase.weight_grad_p, x, g, spec, k)
+    dx_ref, dw_ref, _ = numpy_conv_transpose_vjp(x, w, g, spec)
+    np.testing.assert_allclose(y, numpy_reference(x, w, spec), atol=1e-6)
+    np.testing.assert_allclose(dx, dx_ref, atol=1e-6)
+    np.testing.assert_allclose(dw, dw_ref, atol=1e-6)
+
+
 @pytest.mark.parametrize("chunks", [2, 3])
 @pytest.mark.parametrize("cl", [False, True], ids=["nchw", "nhwc"])
 def test_batch_chunks_match_numpy(chunks, cl, rng):

@@ -378,8 +378,9 @@ def _input_grad_phase(g, w, *, spec, precision, acc):
     ci = spec.in_channels
     gt = _to_cn(g, spec)
     w = weight_to_torch(w, spec)
-    dx = None
     zero = jnp.zeros((), acc)
+    # no convolution at all when no output position meets a tap (the crop keeps only gaps)
+    dx = jnp.zeros((ci, spec.batch, *spec.input_size), acc)
     for combo, members in phase_plan(spec).convolutions():
         kt = lax.optimization_barrier(_sub_kernels(w, members, spec).T)  # see forward
         dp = lax.dot_general(
@@ -396,16 +397,22 @@ def _input_grad_phase(g, w, *, spec, precision, acc):
             for u, grp, i in zip(us, combo, spec.input_size):
                 lo, hi = grp.pad(i)
                 pads.append((u * grp.dil - lo, (grp.n_taps - 1 - u) * grp.dil - hi, 0))
-            t = lax.pad(dp[(slice(None), *us)], zero, pads)
-            dx = t if dx is None else dx + t
+            dx = dx + lax.pad(dp[(slice(None), *us)], zero, pads)
     return _from_cn(dx, spec)
 
 
 def _weight_grad_phase(x, g, *, spec, precision, acc):
-    """Per convolution ``dK = Y @ P^T``, scattered back to the taps."""
+    """Per convolution ``dK = Y @ P^T``, each member's taps padded into the kernel.
+
+    A phase's taps are an arithmetic sequence (step ``s / gcd(s, d)``, listed from the
+    last), so its sub-kernel gradient lands on the kernel by one interior-padded copy;
+    the phases' taps are disjoint, so the kernel gradient is the sum of those copies
+    (one per member phase, not one op per tap: the program stays small).
+    """
     ci, co = spec.in_channels, spec.out_channels
     xt, gt = _to_cn(x, spec), _to_cn(g, spec)
-    taps: dict[tuple[int, ...], jax.Array] = {}
+    zero = jnp.zeros((), acc)
+    dw = jnp.zeros((co, ci, *spec.kernel_size), acc)
     for combo, members in phase_plan(spec).convolutions():
         dk = lax.dot_general(
             _cotangent_phases(gt, combo, members, spec),
@@ -414,15 +421,15 @@ def _weight_grad_phase(x, g, *, spec, precision, acc):
             precision=precision,
             preferred_element_type=acc,
         )
-        counts = [grp.n_taps for grp in combo]
-        dk = dk.reshape(len(members), co, ci, *counts)
+        dk = dk.reshape(len(members), co, ci, *(grp.n_taps for grp in combo))
         for mi, mem in enumerate(members):
-            for us in itertools.product(*(range(t) for t in counts)):
-                tap = tuple(ph.taps[u] for u, ph in zip(us, mem))
-                taps[tap] = dk[(mi, slice(None), slice(None), *us)]
-    zero = jnp.zeros((co, ci), acc)
-    flat = [taps.get(t, zero) for t in np.ndindex(*spec.kernel_size)]
-    return jnp.stack(flat, -1).reshape(co, ci, *spec.kernel_size).swapaxes(0, 1)  # torch
+            part = jnp.flip(dk[mi], range(2, 2 + spec.ndim))  # taps in increasing order
+            pads = [(0, 0, 0), (0, 0, 0)]
+            for ph, k in zip(mem, spec.kernel_size):
+                step = ph.taps[0] - ph.taps[1] if len(ph.taps) > 1 else 1
+                pads.append((ph.taps[-1], k - 1 - ph.taps[0], step - 1))
+            dw = dw + lax.pad(part, zero, pads)
+    return dw.swapaxes(0, 1)  # torch
 
 
 # ----------------------------------------------------------------------------- gradients
