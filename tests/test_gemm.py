@@ -15,7 +15,7 @@ import pytest
 
 import jaxdeconv
 from jaxdeconv import PhaseKernels, make_spec
-from jaxdeconv._cost import MAX_COLS_BYTES, batch_chunks, cols_bytes, gemm_applies
+from jaxdeconv._cost import MAX_COLS_BYTES, batch_chunks, candidates, cols_bytes, gemm_applies
 from jaxdeconv._phases import phase_plan
 from jaxdeconv._plan import phase_kernels
 from jaxdeconv.formulations.phase import gemm as _gemm
@@ -190,6 +190,9 @@ def test_cols_bound():
     assert phase_kernels(big, np.float32, strategy="cols").batch_chunks == chunks
     assert "batch chunks" in phase_kernels(big, np.float32, strategy="cols").label
     assert batch_chunks(make_spec((over - 2, 4, 8, 8), (4, 2, 4, 4), 2), np.float32) == 1
+    # the phase GEMM gradients compile far slower in a chunk loop: not candidates there
+    assert "gemm_phase" in candidates(small, np.float32)[1]
+    assert "gemm_phase" not in candidates(big, np.float32)[1]
     image = make_spec((1, 1, 2048, 2048), (1, 64, 4, 4), 2)  # one image: 17 GB of cols
     assert not gemm_applies(image, np.float32)
     assert phase_kernels(image, np.float32).lowering == "conv"
