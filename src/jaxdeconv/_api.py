@@ -12,7 +12,7 @@ import numpy as np
 from jax.typing import ArrayLike
 
 from . import formulations
-from ._cost import MAX_COLS_BYTES, cols_bytes, gemm_applies
+from ._cost import MAX_COLS_BYTES, chunks_fit, cols_bytes, gemm_applies
 from ._layout import add_bias
 from ._plan import Plan, make_plan, on_several_devices, phase_kernels
 from ._spec import (
@@ -150,11 +150,7 @@ def _plan_for(method, spec: ConvTransposeSpec, dtype, *arrays, on_mesh=None) -> 
         kernels = method.kernels
         if kernels is not None and kernels.lowering == "gemm":
             chunks = kernels.batch_chunks
-            if (
-                not gemm_applies(spec, dtype)
-                or spec.batch % chunks
-                or cols_bytes(spec, dtype) // chunks > MAX_COLS_BYTES
-            ):
+            if not (gemm_applies(spec, dtype) and chunks_fit(spec, dtype, chunks)):
                 raise ValueError(
                     f"method={method.label!r}: the GEMM lowering cannot run this layer as "
                     f"planned (batch={spec.batch} in {chunks} chunk(s), buffers of "

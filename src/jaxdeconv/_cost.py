@@ -56,7 +56,9 @@ __all__ = [
     "cache_dir",
     "calibrate",
     "choose",
+    "chunks_fit",
     "cols_bytes",
+    "cols_grad_kernel",
     "estimate",
     "gemm_applies",
     "machine",
@@ -264,20 +266,24 @@ def gemm_applies(spec: ConvTransposeSpec, dtype) -> bool:
     return cols_bytes(spec, dtype) // spec.batch <= MAX_COLS_BYTES
 
 
+def chunks_fit(spec: ConvTransposeSpec, dtype, chunks: int) -> bool:
+    """Whether ``chunks`` equal chunks of the batch keep the GEMM buffers under
+    ``MAX_COLS_BYTES`` (``chunks`` divides the batch)."""
+    return spec.batch % chunks == 0 and cols_bytes(spec, dtype) // chunks <= MAX_COLS_BYTES
+
+
 def batch_chunks(spec: ConvTransposeSpec, dtype) -> int:
-    """The fewest equal chunks of the batch whose GEMM buffers stay under
-    ``MAX_COLS_BYTES`` (a divisor of the batch; 1 if the whole batch fits)."""
-    whole = cols_bytes(spec, dtype)
-    for c in range(1, spec.batch + 1):
-        if spec.batch % c == 0 and whole // c <= MAX_COLS_BYTES:
-            return c
-    return spec.batch
+    """The fewest equal chunks of the batch that fit (:func:`chunks_fit`; 1 if the
+    whole batch does)."""
+    return next((c for c in range(1, spec.batch + 1) if chunks_fit(spec, dtype, c)), spec.batch)
 
 
-def cols_grads_via_nhwc(spec: ConvTransposeSpec, dtype) -> bool:
-    """Channels-first cols gradients with few input channels (per group) run channels-last."""
+def cols_grad_kernel(spec: ConvTransposeSpec, dtype) -> str:
+    """The im2col GEMM gradient kernel for ``spec``: channels-first gradients with few
+    input channels (per group) run channels-last (``"gemm_cols_nhwc"``)."""
     del dtype
-    return not spec.channels_last and spec.in_channels // spec.groups <= NHWC_MAX_C_IN
+    nhwc = not spec.channels_last and spec.in_channels // spec.groups <= NHWC_MAX_C_IN
+    return "gemm_cols_nhwc" if nhwc else "gemm_cols"
 
 
 def _n_phase_ops(spec: ConvTransposeSpec) -> int:
@@ -298,7 +304,7 @@ def candidates(spec: ConvTransposeSpec, dtype) -> tuple[tuple[str, ...], tuple[s
     grads = ["convs"] if taps <= MAX_UNROLLED else []
     if gemm:
         fwd.insert(0, "gemm_cols")
-        cols = "gemm_cols_nhwc" if cols_grads_via_nhwc(spec, dtype) else "gemm_cols"
+        cols = cols_grad_kernel(spec, dtype)
         if spec.groups > 1:  # see the comment on grouped layers above
             grads = [cols]
         else:

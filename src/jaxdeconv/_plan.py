@@ -224,7 +224,7 @@ def _choose_kernels(spec, dtype, *, backend, on_mesh, strategy) -> PhaseKernels:
             raise ValueError(f"strategy='phase' needs groups=1, got groups={spec.groups}")
         return PhaseKernels("gemm", "phase_convs", "gemm_phase", "gemm_phase")
     if strategy == "cols":
-        grads = "gemm_cols_nhwc" if _cost.cols_grads_via_nhwc(spec, dtype) else "gemm_cols"
+        grads = _cost.cols_grad_kernel(spec, dtype)
         return PhaseKernels("gemm", "gemm_cols", grads, grads)
     if (
         local_cpu
@@ -234,7 +234,7 @@ def _choose_kernels(spec, dtype, *, backend, on_mesh, strategy) -> PhaseKernels:
         reason = "depthwise-like: fused per-tap products"
         if spec.out_channels == spec.groups or not _cost.gemm_applies(spec, dtype):
             return PhaseKernels("conv", "elementwise", "elementwise", "elementwise", reason=reason)
-        grads = "gemm_cols_nhwc" if _cost.cols_grads_via_nhwc(spec, dtype) else "gemm_cols"
+        grads = _cost.cols_grad_kernel(spec, dtype)
         reason += " forward; several outputs per group: im2col GEMM gradients, group by group"
         return PhaseKernels("gemm", "elementwise", grads, grads, reason=reason)
     ew = elementwise(spec)

@@ -67,11 +67,9 @@ __all__ = [
 # CPU kernels (GEMM and sub-pixel) compute a grouped layer group by group
 # (:func:`jaxdeconv._split.by_group`, which passes an ungrouped layer through); the
 # convolution kernels keep the grouped convolution, which XLA's partitioner and cuDNN
-# take as it is.
-
-
-# The GEMM kernels also run on kernels.batch_chunks chunks of the batch, one after
-# another, where their buffers would be too large for the whole batch (by_batch).
+# take as it is. The GEMM kernels also run on kernels.batch_chunks chunks of the batch,
+# one after another, where their buffers would be too large for the whole batch
+# (by_batch).
 
 
 def _pieces(one_group, spec, chunks, operands, out):
