@@ -163,3 +163,24 @@ def test_random_layers_draws_layers_jaxdeconv_and_torch_accept():
         keys = {f"{v} {m}" for v in ("auto", "lax", "torch") for m in ("fwd", "fwd+bwd")}
         assert set(t) == keys
         assert all(0 < v < 10 for v in t.values())
+
+
+def test_kernel_picks_times_and_scores_every_candidate():
+    """benchmarks/kernel_picks.py times every candidate kernel of a layer (both im2col
+    GEMM layouts included) and scores the cost model's pick against the fastest."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).parent.parent / "benchmarks" / "kernel_picks.py"
+    spec = importlib.util.spec_from_file_location("kernel_picks", path)
+    picks = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(picks)
+    layer = make_spec((1, 4, 5, 5), (4, 3, 3, 3), 2, 1, 1)
+    times = picks.time_kernels(layer, rounds=1)
+    assert {"forward:gemm_cols", "forward:gemm_cols_nhwc", "grads:gemm_cols_nhwc"} <= set(times)
+    assert all(0 < t < 10 for t in times.values())
+    row = dict(group="g", name="n", input=[1, 4, 5, 5], weight=[4, 3, 3, 3], times=times)
+    row["kwargs"] = dict(stride=2, padding=1, output_padding=1)
+    losses = picks.score([row])
+    assert set(losses) == {("g", "forward"), ("g", "grads")}
+    assert all(loss >= 1 for v in losses.values() for loss, *_ in v)

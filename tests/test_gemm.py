@@ -55,6 +55,7 @@ ROUTES = {
     "conv": PhaseKernels("conv", "phase_convs", "convs", "convs"),
     "gemm-cols": PhaseKernels("gemm", "gemm_cols", "gemm_cols", "gemm_cols"),
     "gemm-cols-via-cl": PhaseKernels("gemm", "gemm_cols", "gemm_cols_nhwc", "gemm_cols_nhwc"),
+    "gemm-cols-fwd-via-cl": PhaseKernels("gemm", "gemm_cols_nhwc", "gemm_cols", "gemm_cols"),
     "gemm-phase": PhaseKernels("gemm", "phase_convs", "gemm_phase", "gemm_phase"),
     "subpixel": PhaseKernels("gemm", "subpixel", "gemm_cols", "gemm_cols"),
 }
@@ -126,7 +127,9 @@ def test_preferred_element_type_is_the_output_dtype(rng):
 
 def test_strategy_rule_on_the_bench_layers():
     """The planner's CPU kernels (``jaxdeconv._cost``'s model, built-in figures) on the
-    suite's layers: GEMM + col2im forward unless col2im would move far more bytes than
+    suite's layers: GEMM + col2im forward (computed channels-last where col2im's loop
+    would interleave the output's last axis with several shifts and enough channels to
+    vectorize: 3d_k3, dilated) unless col2im would move far more bytes than
     the GEMM takes (large inputs with few channels: DCGAN's 64->32 at 64x64), the
     sub-pixel convolution there (k4 s2: one convolution, no padded tap); the
     im2col'd GEMM gradients, the phase GEMM gradients where the phase windows merge
@@ -142,22 +145,11 @@ def test_strategy_rule_on_the_bench_layers():
         "vae": "gemm_cols / gemm_cols",
         "k3_op1": "gemm_cols / gemm_cols",
         "vocoder": "gemm_cols / gemm_cols",  # C_in = 512
-        "3d_k2": "gemm_cols / gemm_phase",
-        "3d_k3": "gemm_cols / gemm_cols_nhwc",
+        "3d_k2": "gemm_cols / gemm_cols",
+        "3d_k3": "gemm_cols_nhwc / gemm_cols",  # col2im interleaves: see test_cost
         "depthwise": "elementwise / elementwise",  # structural: fused per-tap products
-        "dilated": "gemm_cols / gemm_cols",
+        "dilated": "gemm_cols_nhwc / gemm_cols",
     }
-
-
-def test_few_input_channels_take_the_channels_last_gradients():
-    def via_nhwc(spec):
-        return phase_kernels(spec, np.dtype(np.float32)).input_grad == "gemm_cols_nhwc"
-
-    base = dict(input_shape=(2, 32, 4, 4, 4), weight_shape=(32, 16, 3, 3, 3), stride=2)
-    assert via_nhwc(make_spec(**base))
-    assert not via_nhwc(make_spec((2, 64, 4, 4, 4), (64, 16, 3, 3, 3), 2))
-    cl = make_spec((2, 4, 4, 4, 32), (3, 3, 3, 32, 16), 2, channels_last=True)
-    assert not via_nhwc(cl)
 
 
 def test_what_the_gemm_lowering_does_not_serve():
@@ -232,8 +224,8 @@ def test_batch_chunks_match_numpy(chunks, cl, rng):
     cf_w = lambda a: np.moveaxis(a, (-2, -1), (0, 1)) if cl else a  # noqa: E731
     ref = dataclasses.replace(spec, channels_last=False)
     dx_ref, dw_ref, _ = numpy_conv_transpose_vjp(cf(x), cf_w(w), cf(g), ref)
-    for grads in ("gemm_cols", "gemm_cols_nhwc"):
-        k = PhaseKernels("gemm", "gemm_cols", grads, grads, batch_chunks=chunks)
+    for fwd, grads in [("gemm_cols", "gemm_cols"), ("gemm_cols_nhwc", "gemm_cols_nhwc")]:
+        k = PhaseKernels("gemm", fwd, grads, grads, batch_chunks=chunks)
         with jax.enable_x64(True):
             y = jax.jit(lambda x, w, k=k: _bind(_phase.forward_p, x, w, spec, k))(x, w)
             dx = jax.jit(lambda g, w, k=k: _bind(_phase.input_grad_p, g, w, spec, k))(g, w)
@@ -352,6 +344,19 @@ def test_program_size_does_not_grow_with_taps(channels_last):
     assert big <= 1.2 * small + 5, (small, big)
 
 
+def test_channels_last_col2im_is_not_fused_with_the_transpose():
+    """GEMM + col2im via NHWC: the overlap-add runs channels-last (its own fusion, along
+    C_out) and the result is transposed apart, in a conditional's branch; fused, XLA:CPU
+    would run the overlap-add in the channels-first order, one scalar at a time."""
+    spec = make_spec((2, 8, 6, 6), (8, 4, 3, 3), 2, 3, 1, 1, 3)
+    x, w = np.ones(spec.input_shape, np.float32), np.ones(spec.weight_shape, np.float32)
+    for fwd, conditionals in (("gemm_cols_nhwc", 1), ("gemm_cols", 0)):
+        k = PhaseKernels("gemm", fwd, "gemm_cols", "gemm_cols")
+        f = jax.jit(lambda x, w, k=k: _bind(_phase.forward_p, x, w, spec, k))
+        hlo = f.lower(x, w).compile().as_text()
+        assert len(re.findall(r"\bconditional\(", "\n".join(_entry(hlo)))) == conditionals, fwd
+
+
 def test_k16_s16_3d_compiles_fast():
     """A 3-d kernel 16, stride 16 layer (from PyTorch's tests): 4096 taps, one reshape."""
     import time
@@ -377,7 +382,8 @@ GROUPED = [
 @pytest.mark.parametrize("case", GROUPED, ids=lambda c: f"{len(c[0]) - 2}d-g{c[5]}")
 def test_grouped_cols_match_numpy(case, cl, rng):
     """Grouped layers group by group (unrolled, or under lax.map past UNROLL_GROUPS),
-    both layouts, both gradient kernels and the sub-pixel forward."""
+    both layouts, both gradient kernels, the sub-pixel forward and GEMM + col2im both
+    ways."""
     xs, ws, s, p, op, groups, d = case
     spec = make_spec(xs, ws, s, p, op, groups, d)
     if cl:
@@ -389,7 +395,12 @@ def test_grouped_cols_match_numpy(case, cl, rng):
     g = rng.standard_normal(spec.output_shape)
     cf = lambda a: np.moveaxis(a, -1, 1) if cl else a  # noqa: E731
     cf_w = lambda a: np.moveaxis(a, (-2, -1), (0, 1)) if cl else a  # noqa: E731
-    for fwd, grads in [("gemm_cols", "gemm_cols"), ("subpixel", "gemm_cols_nhwc")]:
+    kernels = [
+        ("gemm_cols", "gemm_cols"),
+        ("subpixel", "gemm_cols_nhwc"),
+        ("gemm_cols_nhwc", "gemm_cols"),
+    ]
+    for fwd, grads in kernels:
         k = PhaseKernels("gemm", fwd, grads, grads)
         with jax.enable_x64(True):
             y = jax.jit(lambda x, w, k=k: _bind(_phase.forward_p, x, w, spec, k))(x, w)

@@ -11,7 +11,8 @@ materializes and the shapes of its GEMMs and convolutions, with a machine's figu
 where ``e(x) = x / (x + half)`` is the efficiency lost to a short GEMM/convolution
 dimension ``x`` (``half``: the dimension at which it is one half), ``peak`` the
 GEMM's (or XLA's stride-1 convolution's) rate and ``ops`` the kernels' op count
-(per-tap dots in the convolution gradients).
+(per-tap dots in the convolution gradients). GEMM + col2im adds its overlap-add's
+``elements * shifts / (scalar_rate * lanes)`` (:func:`_overlap_add`).
 
 The machine figures are built-in defaults (measured on the project's 2-core CPU)
 unless :func:`calibrate` was run once on this machine: it measures a few GEMMs, a
@@ -58,7 +59,8 @@ __all__ = [
     "choose",
     "chunks_fit",
     "cols_bytes",
-    "cols_grad_kernel",
+    "cols_kernel",
+    "cols_kernels",
     "estimate",
     "gemm_applies",
     "machine",
@@ -68,9 +70,12 @@ __all__ = [
 # The GEMM lowering's largest buffer (the im2col'd cotangent G or the forward's cols)
 # holds prod(kernel)/prod(stride) times the output. Never more than this.
 MAX_COLS_BYTES = 1 << 30
-# Channels-first cols gradients with at most this many input channels run channels-last
-# (a GEMM with C_in rows runs far under peak).
-NHWC_MAX_C_IN = 32
+# Channels-first layers may run the im2col GEMM kernels channels-last ("_nhwc"), the
+# operands and the result transposed around them; the estimates decide. The gradients
+# used to run so whenever C_in <= 32 (a GEMM with C_in rows runs under peak), but on
+# 120 layers (the suite and 90 random ones, 2026-12-01) that rule's picks were 1.13x
+# slower than the fastest gradient kernel in geomean and up to 2.5x (the small inputs,
+# N * in <= 512, where the channels-last GEMM has few rows), the estimates' 1.07x.
 # Kernels whose program has one op per tap (the convolution lowering's weight
 # gradient) or per phase (the phase GEMM gradients, the phase convolutions'
 # interleave) are not candidates beyond these counts: compile time would grow.
@@ -88,6 +93,17 @@ PHASE_CONV_RATE = 0.55
 # gradients 10 ms, compile 0.23 s against 0.7 s.
 TIE = 0.05
 _PROGRAM_RANK = {"gemm_cols": 0, "gemm_cols_nhwc": 0, "gemm_phase": 1, "convs": 2}
+# col2im's overlap-add (a sum of one shifted slice of cols per shift), the interleave
+# of the output phases and the crop are one loop that XLA:CPU fuses and runs in the
+# output's order. Channels-last its innermost axis is C_out, contiguous in every
+# operand: vectorized (VECTOR float32 lanes, fewer with fewer channels). Channels-first
+# it is the last spatial axis, whose consecutive elements come from different residues
+# (other planes of cols) wherever that axis is strided: one scalar at a time, 0.25-0.45
+# ns per element and operand here (dilated.d3's forward 7.8 ms channels-first, 3.2 ms
+# computed channels-last with both transposes; tfgan.up2 14.9 against 9.4), so the
+# channels-last route ("gemm_cols_nhwc") is a forward candidate for channels-first
+# layers.
+VECTOR = 8
 # Grouped layers run group by group in the GEMM and sub-pixel kernels
 # (jaxdeconv._split.by_group): XLA:CPU ran a dot_general with the groups as a batch
 # dimension, [4,1024,64] @ [4,64,2048], at 85 GF/s against 272 for one [1024,64] @
@@ -102,14 +118,22 @@ _PROGRAM_RANK = {"gemm_cols": 0, "gemm_cols_nhwc": 0, "gemm_phase": 1, "convs": 
 
 @dataclasses.dataclass(frozen=True)
 class Machine:
-    """A machine's figures (float32): rates in FLOP/s, bandwidth in B/s, overhead in s."""
+    """A machine's figures (float32): rates in FLOP/s, bandwidth in B/s, overhead in s,
+    ``scalar_rate`` in operand elements per second of an unvectorized fused loop
+    (col2im's overlap-add where it interleaves the output's last axis, see
+    :func:`_overlap_add`)."""
 
     gemm_peak: float = 200e9
     gemm_half: float = 12.0
     conv_peak: float = 100e9
     conv_half: float = 24.0
-    bandwidth: float = 4e9
+    bandwidth: float = 6e9
     overhead: float = 4e-6
+    # fitted with bandwidth (which copies measure at 4-21 GB/s by size) to the forward
+    # and gradient picks over 120 layers (the suite and 90 random), 30 held out: the
+    # picks' time over the fastest kernel's 1.085x forward, 1.058x gradients there
+    # (1.196x, 1.071x with the earlier model) (2026-12-01, this 2-core machine)
+    scalar_rate: float = 3e9
     source: str = "built-in defaults"
 
 
@@ -195,7 +219,9 @@ def calibrate(*, seconds: float = 0.2) -> Machine:
 
     Times XLA's GEMM at a large and two skinny shapes, a stride-1 convolution and a
     copy (each the best of a few runs, about ``seconds`` each) and fits
-    :class:`Machine`'s rates and half-efficiency dimensions to them.
+    :class:`Machine`'s rates and half-efficiency dimensions to them. ``scalar_rate``
+    keeps its built-in figure: timed on col2im alone it varied 4x between layers here,
+    so one measurement would not be a better figure than the fit over 120 layers.
     """
     import jax
     import jax.numpy as jnp
@@ -278,12 +304,17 @@ def batch_chunks(spec: ConvTransposeSpec, dtype) -> int:
     return next((c for c in range(1, spec.batch + 1) if chunks_fit(spec, dtype, c)), spec.batch)
 
 
-def cols_grad_kernel(spec: ConvTransposeSpec, dtype) -> str:
-    """The im2col GEMM gradient kernel for ``spec``: channels-first gradients with few
-    input channels (per group) run channels-last (``"gemm_cols_nhwc"``)."""
-    del dtype
-    nhwc = not spec.channels_last and spec.in_channels // spec.groups <= NHWC_MAX_C_IN
-    return "gemm_cols_nhwc" if nhwc else "gemm_cols"
+def cols_kernels(spec: ConvTransposeSpec) -> tuple[str, ...]:
+    """The im2col GEMM kernels (forward GEMM + col2im, or both gradients) for ``spec``:
+    a channels-first layer computed as it is or channels-last (``"gemm_cols_nhwc"``)."""
+    return ("gemm_cols",) if spec.channels_last else ("gemm_cols", "gemm_cols_nhwc")
+
+
+def cols_kernel(spec: ConvTransposeSpec, dtype, which: str) -> str:
+    """The cheaper of :func:`cols_kernels` as the forward pass or the gradients
+    (``which``: ``"forward"`` or ``"grads"``), by :func:`estimate`."""
+    m_ = machine()
+    return min(cols_kernels(spec), key=lambda k: estimate(spec, dtype, k, which, m_))
 
 
 def _n_phase_ops(spec: ConvTransposeSpec) -> int:
@@ -303,12 +334,11 @@ def candidates(spec: ConvTransposeSpec, dtype) -> tuple[tuple[str, ...], tuple[s
         fwd.append("phase_convs")
     grads = ["convs"] if taps <= MAX_UNROLLED else []
     if gemm:
-        fwd.insert(0, "gemm_cols")
-        cols = cols_grad_kernel(spec, dtype)
+        fwd[:0] = cols_kernels(spec)
         if spec.groups > 1:  # see the comment on grouped layers above
-            grads = [cols]
+            grads = list(cols_kernels(spec))
         else:
-            grads.insert(0, cols)
+            grads[:0] = cols_kernels(spec)
             # In batch chunks (a lax.map body) XLA compiled the phase GEMMs' weight
             # gradient for 5.3 s against 1.2 s whole (3-d k3 s2 at 64^3, batch 4; the
             # im2col'd GEMMs 0.2 s either way), so they are not candidates there.
@@ -340,6 +370,20 @@ def _conv(m_: Machine, flops: float, c_in_taps: int, c_out: int, pixels: int) ->
     return flops / (m_.conv_peak * eff)
 
 
+def _overlap_add(spec: ConvTransposeSpec, channels_last: bool, m_: Machine) -> float:
+    """Seconds of col2im's fused loop beyond its bytes (see VECTOR above)."""
+    from .formulations.phase.gemm import _geometry  # lazily: the formulations import this
+
+    geo = _geometry(spec)
+    shifts = math.prod(len(shift) for *_, shift in geo)
+    elements = spec.batch * spec.out_channels * math.prod(se * q for se, _, q, _ in geo)
+    if channels_last:
+        lanes = min(spec.out_channels // spec.groups, VECTOR)
+    else:
+        lanes = VECTOR if geo[-1][0] == 1 else 1
+    return elements * shifts / (m_.scalar_rate * lanes)
+
+
 def estimate(spec: ConvTransposeSpec, dtype, kernel: str, which: str, m_: Machine) -> float:
     """Seconds for ``kernel`` as the forward pass (``which="forward"``) or as both
     gradients (``which="grads"``) of ``spec`` on a machine with figures ``m_``."""
@@ -358,7 +402,10 @@ def estimate(spec: ConvTransposeSpec, dtype, kernel: str, which: str, m_: Machin
         cig, cog = ci // g, co // g
         if which == "forward":  # GEMM into cols, col2im reads it and writes y
             t = g * _gemm(m_, cog * taps, n * pin, cig)
-            return t + split + (x_b + w_b + 2 * cols + y_b) / bw + 4 * m_.overhead
+            nhwc = kernel == "gemm_cols_nhwc" and not spec.channels_last
+            t += _overlap_add(spec, spec.channels_last or nhwc, m_)
+            moved = x_b + w_b + 2 * cols + y_b + nhwc * 2 * (x_b + y_b)  # + the transposes
+            return t + split + moved / bw + 4 * m_.overhead
         # im2col (reads g, writes G), dX = W @ G and dW = X @ G^T read G
         t = g * (_gemm(m_, cig, n * pin, cog * taps) + _gemm(m_, cig, cog * taps, n * pin))
         extra = 2 * (x_b + y_b) if kernel == "gemm_cols_nhwc" else 0

@@ -35,11 +35,13 @@ ELEMENTWISE_MAX_OUT_PER_GROUP = 4
 # up to this many outputs per group (128 groups, 32x32, k4 s2, N8: 89 ms at 8 outputs
 # per group against 183-284 for the GEMM and convolution kernels and 278 for torch; 24.6
 # against 71-85 at 2); their gradients only with one output per group (42 against the
-# GEMM gradients' 50 ms; at 2, 140 against 81), else the GEMM gradients group by group
-# (2026-12-01, this 2-core machine).
+# GEMM gradients' 50 ms; at 2, 140 against 81), else the GEMM gradients group by group,
+# computed channels-last (91 ms against 144 channels-first at 2 outputs per group, 348
+# against 499 at 8; the cost model does not see that difference) (2026-12-01, this
+# 2-core machine).
 ELEMENTWISE_CPU_FORWARD_MAX_OUT_PER_GROUP = 16
 
-FORWARD_KERNELS = ("gemm_cols", "subpixel", "phase_convs", "elementwise")
+FORWARD_KERNELS = ("gemm_cols", "gemm_cols_nhwc", "subpixel", "phase_convs", "elementwise")
 GRAD_KERNELS = ("gemm_cols", "gemm_cols_nhwc", "gemm_phase", "convs", "elementwise")
 
 
@@ -50,7 +52,8 @@ class PhaseKernels:
     Attributes:
       lowering: ``"gemm"`` (plain row-major GEMMs, one CPU device) or ``"conv"``
         (stride-1 convolutions, which XLA partitions with halos and hands to cuDNN).
-      forward: ``"gemm_cols"`` (GEMM + col2im), ``"subpixel"`` (one stride-1
+      forward: ``"gemm_cols"`` (GEMM + col2im), ``"gemm_cols_nhwc"`` (the same,
+        computed channels-last), ``"subpixel"`` (one stride-1
         convolution to every output phase, then depth-to-space), ``"phase_convs"``
         (one stride-1 convolution per group of phases) or ``"elementwise"``
         (per-tap products).
@@ -91,6 +94,7 @@ class PhaseKernels:
     def label(self) -> str:
         fwd = {
             "gemm_cols": "GEMM+col2im",
+            "gemm_cols_nhwc": "GEMM+col2im via NHWC",
             "subpixel": "sub-pixel conv",
             "phase_convs": "phase convs",
             "elementwise": "elementwise",
@@ -224,8 +228,8 @@ def _choose_kernels(spec, dtype, *, backend, on_mesh, strategy) -> PhaseKernels:
             raise ValueError(f"strategy='phase' needs groups=1, got groups={spec.groups}")
         return PhaseKernels("gemm", "phase_convs", "gemm_phase", "gemm_phase")
     if strategy == "cols":
-        grads = _cost.cols_grad_kernel(spec, dtype)
-        return PhaseKernels("gemm", "gemm_cols", grads, grads)
+        grads = _cost.cols_kernel(spec, dtype, "grads")
+        return PhaseKernels("gemm", _cost.cols_kernel(spec, dtype, "forward"), grads, grads)
     if (
         local_cpu
         and strategy is None
@@ -234,7 +238,7 @@ def _choose_kernels(spec, dtype, *, backend, on_mesh, strategy) -> PhaseKernels:
         reason = "depthwise-like: fused per-tap products"
         if spec.out_channels == spec.groups or not _cost.gemm_applies(spec, dtype):
             return PhaseKernels("conv", "elementwise", "elementwise", "elementwise", reason=reason)
-        grads = _cost.cols_grad_kernel(spec, dtype)
+        grads = _cost.cols_kernels(spec)[-1]  # channels-last (see above)
         reason += " forward; several outputs per group: im2col GEMM gradients, group by group"
         return PhaseKernels("gemm", "elementwise", grads, grads, reason=reason)
     ew = elementwise(spec)

@@ -85,9 +85,10 @@ def _pieces(one_group, spec, chunks, operands, out):
 
 def _forward_impl(x, w, *, spec, kernels, precision, preferred_element_type):
     kw = dict(precision=precision, preferred_element_type=preferred_element_type)
-    if kernels.forward == "gemm_cols":
+    if kernels.forward.startswith("gemm_cols"):
+        nhwc = kernels.forward == "gemm_cols_nhwc"
         return _pieces(
-            lambda x, w, sub: gemm.forward(x, w, spec=sub, **kw),
+            lambda x, w, sub: gemm.forward(x, w, spec=sub, nhwc=nhwc, **kw),
             spec,
             kernels.batch_chunks,
             [(x, "act"), (w, "weight")],

@@ -1,0 +1,172 @@
+"""How good the cost model's kernel picks are: every candidate kernel, timed.
+
+For each layer (the suite, then layers drawn as in ``random_layers.py``) every forward
+kernel and every gradient kernel that may serve it on one CPU device
+(``jaxdeconv._cost.candidates``, plus both im2col GEMM layouts) is timed alone, jitted,
+interleaved round after round, best kept. The model's pick (``jaxdeconv._cost.choose``
+with this machine's figures: built-in, or ``jaxdeconv.calibrate()``'s) is then scored by
+its time over the fastest kernel's, per layer and in geomean (depthwise-like layers,
+which the planner serves structurally, are left out), separately for the suite and for
+each seed, so that a later seed is held out from whatever was fitted to the
+earlier ones. With ``--save FILE`` the measured times are appended as JSON lines, and
+``--load FILE`` scores a changed model on them without timing again. Nothing is written
+unless asked.
+
+    python benchmarks/kernel_picks.py --seeds 11,23,5 --layers 30
+    python benchmarks/kernel_picks.py --load picks.jsonl
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import math
+import pathlib
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxdeconv import PhaseKernels, _cost, make_spec
+from jaxdeconv._plan import ELEMENTWISE_CPU_FORWARD_MAX_OUT_PER_GROUP, elementwise
+from jaxdeconv.formulations.phase import primitives as prims
+from jaxdeconv.tools.bench import SUITE
+
+
+def _draw():
+    path = pathlib.Path(__file__).with_name("random_layers.py")
+    spec = importlib.util.spec_from_file_location("random_layers", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.draw
+
+
+def layers(seeds, per_seed):
+    """(group, name, input shape, weight shape, keyword arguments) of every layer."""
+    for name, layer in SUITE.items():
+        spec = layer.spec()
+        yield "suite", name, spec.input_shape, spec.weight_shape, layer.kwargs
+    draw = _draw()
+    for seed in seeds:
+        rng, done = np.random.default_rng(seed), 0
+        while done < per_seed:
+            drawn = draw(rng)
+            if drawn is not None:
+                done += 1
+                yield f"seed {seed}", f"{seed}.{done}", *drawn
+
+
+def _best(calls, rounds, budget=0.03):
+    best = {k: math.inf for k in calls}
+    for f in calls.values():
+        f()  # compile
+    for _ in range(rounds):
+        for k, f in calls.items():
+            start, n = time.perf_counter(), 0
+            while n < 2 or time.perf_counter() - start < budget:
+                t = time.perf_counter()
+                f()
+                best[k] = min(best[k], time.perf_counter() - t)
+                n += 1
+                if time.perf_counter() - start > 0.5:
+                    break
+    return best
+
+
+def time_kernels(spec, rounds):
+    """Seconds of each candidate forward kernel and each gradient kernel pair."""
+    f32 = np.float32
+    fwd_c, grad_c = _cost.candidates(spec, f32)
+    gemm = _cost.gemm_applies(spec, f32)
+    cols = _cost.cols_kernels(spec) if gemm else ()
+    fwd_c = tuple(dict.fromkeys((*fwd_c, *cols)))
+    grad_c = tuple(dict.fromkeys((*grad_c, *cols)))
+    chunks = _cost.batch_chunks(spec, f32) if gemm else 1
+    rng = np.random.default_rng(0)
+    x, w, g = (
+        jnp.asarray(rng.standard_normal(s), f32)
+        for s in (spec.input_shape, spec.weight_shape, spec.output_shape)
+    )
+    params = dict(spec=spec, precision=None, preferred_element_type=None)
+
+    def kernels(fwd, grads):
+        lowering = "gemm" if "gemm" in fwd + grads else "conv"
+        return PhaseKernels(lowering, fwd, grads, grads, chunks if lowering == "gemm" else 1)
+
+    calls = {}
+    for k in fwd_c:
+        p = dict(params, kernels=kernels(k, grad_c[0]))
+        f = jax.jit(lambda x, w, p=p: prims.forward_p.bind(x, w, **p))
+        calls["forward", k] = lambda f=f: jax.block_until_ready(f(x, w))
+    for k in grad_c:
+        p = dict(params, kernels=kernels(fwd_c[0], k))
+
+        def both(x, w, g, p=p):
+            return prims.input_grad_p.bind(g, w, **p), prims.weight_grad_p.bind(x, g, **p)
+
+        f = jax.jit(both)
+        calls["grads", k] = lambda f=f: jax.block_until_ready(f(x, w, g))
+    return {f"{which}:{k}": t for (which, k), t in _best(calls, rounds).items()}
+
+
+def score(rows):
+    """Per group and pass: the picks' time over the fastest kernel's."""
+    losses = {}
+    for row in rows:
+        spec = make_spec(row["input"], row["weight"], **row["kwargs"])
+        if elementwise(spec, ELEMENTWISE_CPU_FORWARD_MAX_OUT_PER_GROUP):
+            continue  # depthwise-like: planned structurally, not by the model
+        picks = _cost.choose(spec, np.float32)[:2]
+        row["picks"] = picks
+        for which, pick in zip(("forward", "grads"), picks):
+            times = {k.split(":")[1]: t for k, t in row["times"].items() if k.startswith(which)}
+            if pick in times:
+                loss = times[pick] / min(times.values())
+                losses.setdefault((row["group"], which), []).append((loss, row["name"], pick))
+    return losses
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--seeds", default="11,23,5", help="comma-separated draw seeds")
+    ap.add_argument("--layers", type=int, default=30, help="random layers per seed")
+    ap.add_argument("--no-suite", action="store_true")
+    ap.add_argument("--rounds", type=int, default=4)
+    ap.add_argument("--save", help="append the measured times to this JSON-lines file")
+    ap.add_argument("--load", help="score the model on times saved by --save; time nothing")
+    opts = ap.parse_args()
+    if opts.load:
+        rows = [json.loads(line) for line in pathlib.Path(opts.load).read_text().splitlines()]
+    else:
+        rows = []
+        seeds = [int(s) for s in opts.seeds.split(",") if s]
+        for group, name, xs, ws, kw in layers(seeds, opts.layers):
+            if opts.no_suite and group == "suite":
+                continue
+            spec = make_spec(xs, ws, **kw)
+            if spec.batch == 0:
+                continue
+            times = time_kernels(spec, opts.rounds)
+            row = dict(group=group, name=name, input=list(xs), weight=list(ws), kwargs=kw)
+            row["times"] = times
+            rows.append(row)
+            shown = " ".join(f"{k} {1e3 * t:.2f}" for k, t in times.items())
+            print(f"{name}: {shown} (ms)", flush=True)
+            if opts.save:
+                with open(opts.save, "a") as f:
+                    f.write(json.dumps(row) + "\n")
+    print(f"\nthe model's picks ({_cost.machine().source}), time over the fastest kernel's:")
+    for (group, which), v in score(rows).items():
+        g = math.exp(sum(math.log(loss) for loss, *_ in v) / len(v))
+        worst = max(v)
+        print(
+            f"{group:10s} {which:8s} geomean {g:.3f}x over {len(v)} layers, "
+            f"over 1.15x on {sum(loss > 1.15 for loss, *_ in v)}, "
+            f"worst {worst[0]:.2f}x ({worst[1]}, picked {worst[2]})"
+        )
+
+
+if __name__ == "__main__":
+    main()
