@@ -13,6 +13,7 @@ earlier ones. With ``--save FILE`` the measured times are appended as JSON lines
 unless asked.
 
     python benchmarks/kernel_picks.py --seeds 11,23,5 --layers 30
+    python benchmarks/kernel_picks.py --seeds 23 --layers 40 --channels-last
     python benchmarks/kernel_picks.py --load picks.jsonl
 """
 
@@ -43,11 +44,18 @@ def _draw():
     return module.draw
 
 
-def layers(seeds, per_seed):
+def layers(seeds, per_seed, channels_last=False):
     """(group, name, input shape, weight shape, keyword arguments) of every layer."""
+
+    def layout(xs, ws, kw):
+        if not channels_last:
+            return xs, ws, kw
+        xs, ws = (xs[0], *xs[2:], xs[1]), (*ws[2:], ws[0], ws[1])
+        return xs, ws, {**kw, "channels_last": True}
+
     for name, layer in SUITE.items():
         spec = layer.spec()
-        yield "suite", name, spec.input_shape, spec.weight_shape, layer.kwargs
+        yield "suite", name, *layout(spec.input_shape, spec.weight_shape, layer.kwargs)
     draw = _draw()
     for seed in seeds:
         rng, done = np.random.default_rng(seed), 0
@@ -55,7 +63,7 @@ def layers(seeds, per_seed):
             drawn = draw(rng)
             if drawn is not None:
                 done += 1
-                yield f"seed {seed}", f"{seed}.{done}", *drawn
+                yield f"seed {seed}", f"{seed}.{done}", *layout(*drawn)
 
 
 def _best(calls, rounds, budget=0.03):
@@ -134,6 +142,7 @@ def main() -> None:
     ap.add_argument("--layers", type=int, default=30, help="random layers per seed")
     ap.add_argument("--no-suite", action="store_true")
     ap.add_argument("--rounds", type=int, default=4)
+    ap.add_argument("--channels-last", action="store_true", help="the layers channels-last")
     ap.add_argument("--save", help="append the measured times to this JSON-lines file")
     ap.add_argument("--load", help="score the model on times saved by --save; time nothing")
     opts = ap.parse_args()
@@ -142,7 +151,7 @@ def main() -> None:
     else:
         rows = []
         seeds = [int(s) for s in opts.seeds.split(",") if s]
-        for group, name, xs, ws, kw in layers(seeds, opts.layers):
+        for group, name, xs, ws, kw in layers(seeds, opts.layers, opts.channels_last):
             if opts.no_suite and group == "suite":
                 continue
             spec = make_spec(xs, ws, **kw)
