@@ -234,3 +234,6 @@ def test_plan_says_what_runs_and_can_be_forced(rng):
     # an empty batch has no GEMM lowering: a GEMM plan refuses to run there
     with pytest.raises(ValueError, match="GEMM lowering cannot run this layer"):
         jaxdeconv.conv_transpose(xa[:0], wa, stride=2, padding=1, method=cols)
+    # GEMM kernels under another lowering would skip that check: refused when built
+    with pytest.raises(ValueError, match=r"need lowering='gemm'.*got lowering='conv'"):
+        jaxdeconv.PhaseKernels("conv", "gemm_cols_nhwc", "convs", "convs")

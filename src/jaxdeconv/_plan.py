@@ -89,6 +89,12 @@ class PhaseKernels:
         for name in ("input_grad", "weight_grad"):
             if getattr(self, name) not in GRAD_KERNELS:
                 raise ValueError(f"{name}={getattr(self, name)!r} is not one of {GRAD_KERNELS}")
+        gemm = [k for k in (self.forward, self.input_grad, self.weight_grad) if "gemm" in k]
+        if gemm and self.lowering != "gemm":
+            raise ValueError(
+                f"kernels {gemm} are GEMM kernels: they need lowering='gemm' (one CPU device, "
+                f"checked against the layer), got lowering={self.lowering!r}"
+            )
 
     @property
     def label(self) -> str:
