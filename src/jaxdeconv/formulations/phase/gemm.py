@@ -31,10 +31,11 @@ Layouts: channels-first activations are handled as ``[C, N, *spatial]`` (a swap 
 the two leading axes, a block copy), which makes every product a row-major GEMM and
 the interleave a pass over contiguous rows. Channels-last activations already are the
 row-major ``X[N * in, C_in]``; there ``G`` is ``[N * in, K * C_out]`` (``C_out``
-contiguous, as in ``g``) and ``dX = G @ W`` has the long axis as its rows. With few
-input channels, channels-first gradients are computed that way too (``nhwc``), and so
-is the forward pass where col2im would interleave the output's last axis one scalar
-at a time (the cost model, :func:`jaxdeconv._cost._overlap_add`, decides).
+contiguous, as in ``g``) and ``dX = G @ W`` has the long axis as its rows. A
+channels-first layer may be computed that way too (``nhwc``, its operands and result
+transposed around the kernel): the forward pass where col2im would interleave the
+output's last axis one scalar at a time (:func:`jaxdeconv._cost._overlap_add`), the
+gradients where the cost model or measured mode says so.
 XLA:CPU gives products to its fast GEMM (YNNPACK) only when the left operand is
 contracted on its last axis; where a transposed operand is
 needed it is materialized behind an optimization barrier (XLA would otherwise fold
@@ -477,7 +478,7 @@ def input_grad(g, w, *, spec, precision, preferred_element_type, strategy, nhwc=
     """The input gradient: ``dX = W @ G`` (``"cols"``) or the phase GEMMs (``"phase"``).
 
     With ``nhwc`` a channels-first layer is computed channels-last (where ``dX``'s
-    rows are ``N * in`` instead of the few ``C_in``).
+    rows are ``N * in`` instead of ``C_in``).
     """
     if nhwc and not spec.channels_last:
         dx = input_grad(
