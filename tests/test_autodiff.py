@@ -44,6 +44,11 @@ CASES = {
     "1d per-side channels_last": dict(
         x=(1, 2, 3), w=(2, 2, 3), stride=2, padding=((0, 1),), output_padding=1, channels_last=True
     ),
+    # auto plans GEMM + col2im via NHWC here (the interleaving col2im: test_cost), so the
+    # transforms below run through its conditional-separated transpose too
+    "2d dilated, col2im via NHWC": dict(
+        x=(2, 8, 6, 6), w=(8, 4, 3, 3), stride=2, padding=3, output_padding=1, dilation=3
+    ),
 }
 TORCH_CASES = [
     name
@@ -78,8 +83,9 @@ def conv(method, kwargs):
 
 
 @pytest.mark.parametrize("method", METHODS)
-def test_jit_and_vmap(method):
-    x, w, b, spec, kwargs = setup("2d groups dilation")
+@pytest.mark.parametrize("case", ["2d groups dilation", "2d dilated, col2im via NHWC"])
+def test_jit_and_vmap(method, case):
+    x, w, b, spec, kwargs = setup(case)
     f = conv(method, kwargs)
     want = testing.numpy_reference(x, w, spec, b)
     testing.assert_close(f(x, w, b), want, err_msg="eager")
