@@ -255,11 +255,12 @@ def test_forward_mode(method):
 
 
 @pytest.mark.parametrize("method", METHODS)
-def test_second_order_matches_torch(method):
+@pytest.mark.parametrize("case", ["2d dilation>stride op>=stride", "2d dilated, col2im via NHWC"])
+def test_second_order_matches_torch(method, case):
     """Hessian-vector products of 0.5 * |y|^2 (forward-over-reverse and reverse-over-reverse)."""
     import torch
 
-    x, w, b, _, kwargs = setup("2d dilation>stride op>=stride")
+    x, w, b, _, kwargs = setup(case)
     f = conv(method, kwargs)
     rng = np.random.default_rng(3)
     tangents = tuple(rng.standard_normal(a.shape).astype(np.float32) for a in (x, w, b))
