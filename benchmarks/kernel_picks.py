@@ -26,13 +26,10 @@ import math
 import pathlib
 import time
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 
-from jaxdeconv import PhaseKernels, _cost, make_spec
+from jaxdeconv import _cost, make_spec
 from jaxdeconv._plan import ELEMENTWISE_CPU_FORWARD_MAX_OUT_PER_GROUP, elementwise
-from jaxdeconv.formulations.phase import primitives as prims
 from jaxdeconv.tools.bench import SUITE
 
 
@@ -87,35 +84,10 @@ def time_kernels(spec, rounds):
     """Seconds of each candidate forward kernel and each gradient kernel pair."""
     f32 = np.float32
     fwd_c, grad_c = _cost.candidates(spec, f32)
-    gemm = _cost.gemm_applies(spec, f32)
-    cols = _cost.cols_kernels(spec) if gemm else ()
+    cols = _cost.cols_kernels(spec) if _cost.gemm_applies(spec, f32) else ()
     fwd_c = tuple(dict.fromkeys((*fwd_c, *cols)))
     grad_c = tuple(dict.fromkeys((*grad_c, *cols)))
-    chunks = _cost.batch_chunks(spec, f32) if gemm else 1
-    rng = np.random.default_rng(0)
-    x, w, g = (
-        jnp.asarray(rng.standard_normal(s), f32)
-        for s in (spec.input_shape, spec.weight_shape, spec.output_shape)
-    )
-    params = dict(spec=spec, precision=None, preferred_element_type=None)
-
-    def kernels(fwd, grads):
-        lowering = "gemm" if "gemm" in fwd + grads else "conv"
-        return PhaseKernels(lowering, fwd, grads, grads, chunks if lowering == "gemm" else 1)
-
-    calls = {}
-    for k in fwd_c:
-        p = dict(params, kernels=kernels(k, grad_c[0]))
-        f = jax.jit(lambda x, w, p=p: prims.forward_p.bind(x, w, **p))
-        calls["forward", k] = lambda f=f: jax.block_until_ready(f(x, w))
-    for k in grad_c:
-        p = dict(params, kernels=kernels(fwd_c[0], k))
-
-        def both(x, w, g, p=p):
-            return prims.input_grad_p.bind(g, w, **p), prims.weight_grad_p.bind(x, g, **p)
-
-        f = jax.jit(both)
-        calls["grads", k] = lambda f=f: jax.block_until_ready(f(x, w, g))
+    calls = _cost.kernel_calls(spec, f32, fwd_c, grad_c)
     return {f"{which}:{k}": t for (which, k), t in _best(calls, rounds).items()}
 
 

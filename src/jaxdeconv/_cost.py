@@ -63,6 +63,7 @@ __all__ = [
     "cols_kernels",
     "estimate",
     "gemm_applies",
+    "kernel_calls",
     "machine",
     "machine_key",
 ]
@@ -489,44 +490,57 @@ def _kernels(fwd: str, grads: str, chunks: int = 1):
     )
 
 
-def _time_kernels(spec: ConvTransposeSpec, dtype, fwd_kernels, grad_kernels):
-    """Seconds (best of a few runs) of each forward and each gradient kernel."""
+def kernel_calls(spec: ConvTransposeSpec, dtype, fwd_kernels, grad_kernels) -> dict:
+    """One call per kernel on random arrays of ``spec``'s shapes, each jitted and
+    blocking until done: ``("forward", k)`` runs forward kernel ``k``, ``("grads", k)``
+    both gradients with kernel ``k``. Measured mode times them (:func:`_time_kernels`),
+    and so does ``benchmarks/kernel_picks.py``. Make and call them inside
+    ``jax.ensure_compile_time_eval()`` where an outer jit may be tracing."""
     import jax
     import jax.numpy as jnp
 
     from .formulations.phase import primitives as prims
 
     rng = np.random.default_rng(0)
+    x, w, g = (
+        jnp.asarray(rng.standard_normal(shape), dtype)
+        for shape in (spec.input_shape, spec.weight_shape, spec.output_shape)
+    )
+    params = dict(spec=spec, precision=None, preferred_element_type=None)
+    chunks = batch_chunks(spec, dtype)
+    calls = {}
+    for k in fwd_kernels:
+        kern = _kernels(k, grad_kernels[0], chunks)
+        f = jax.jit(lambda x, w, kern=kern: prims.forward_p.bind(x, w, kernels=kern, **params))
+        calls["forward", k] = lambda f=f: jax.block_until_ready(f(x, w))
+    for k in grad_kernels:
+        kern = _kernels(fwd_kernels[0], k, chunks)
 
-    def best(f, *args):
-        jax.block_until_ready(f(*args))
+        def both(x, w, g, kern=kern):
+            dx = prims.input_grad_p.bind(g, w, kernels=kern, **params)
+            return dx, prims.weight_grad_p.bind(x, g, kernels=kern, **params)
+
+        f = jax.jit(both)
+        calls["grads", k] = lambda f=f: jax.block_until_ready(f(x, w, g))
+    return calls
+
+
+def _time_kernels(spec: ConvTransposeSpec, dtype, fwd_kernels, grad_kernels):
+    """Seconds (best of a few runs) of each forward and each gradient kernel."""
+    import jax
+
+    def best(call):
+        call()  # compile
         out = math.inf
         for _ in range(3):
             t = time.perf_counter()
-            jax.block_until_ready(f(*args))
+            call()
             out = min(out, time.perf_counter() - t)
         return out
 
-    params = dict(spec=spec, precision=None, preferred_element_type=None)
-    chunks = batch_chunks(spec, dtype)
-    times = {}
     with jax.ensure_compile_time_eval():  # run now, also while an outer jit traces
-        x = jnp.asarray(rng.standard_normal(spec.input_shape), dtype)
-        w = jnp.asarray(rng.standard_normal(spec.weight_shape), dtype)
-        g = jnp.asarray(rng.standard_normal(spec.output_shape), dtype)
-        for k in fwd_kernels:
-            kern = _kernels(k, grad_kernels[0], chunks)
-            f = jax.jit(lambda x, w, kern=kern: prims.forward_p.bind(x, w, kernels=kern, **params))
-            times["forward", k] = best(f, x, w)
-        for k in grad_kernels:
-            kern = _kernels(fwd_kernels[0], k, chunks)
-
-            def both(x, w, g, kern=kern):
-                dx = prims.input_grad_p.bind(g, w, kernels=kern, **params)
-                return dx, prims.weight_grad_p.bind(x, g, kernels=kern, **params)
-
-            times["grads", k] = best(jax.jit(both), x, w, g)
-    return times
+        calls = kernel_calls(spec, dtype, fwd_kernels, grad_kernels)
+        return {key: best(call) for key, call in calls.items()}
 
 
 def _measured(spec: ConvTransposeSpec, dtype, fwd_c, grad_c) -> tuple[str, str, str]:
