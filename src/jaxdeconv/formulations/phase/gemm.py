@@ -53,7 +53,14 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from ..._layout import weight_from_torch, weight_to_torch
+from ..._layout import (
+    act_from_channels_last,
+    act_to_channels_last,
+    weight_from_channels_last,
+    weight_from_torch,
+    weight_to_channels_last,
+    weight_to_torch,
+)
 from ..._phases import phase_plan
 from ..._spec import ConvTransposeSpec
 
@@ -283,13 +290,13 @@ def forward(x, w, *, spec, precision, preferred_element_type, nhwc=False):
     """
     if nhwc and not spec.channels_last:
         y = forward(
-            jnp.moveaxis(x, 1, -1),
-            jnp.moveaxis(w, (0, 1), (-2, -1)),
+            act_to_channels_last(x, spec),
+            weight_to_channels_last(w, spec),
             spec=_cl_spec(spec),
             precision=precision,
             preferred_element_type=preferred_element_type,
         )
-        return _apart(lambda y: jnp.moveaxis(y, -1, 1), y, x)
+        return _apart(lambda y: act_from_channels_last(y, spec), y, x)
     n = spec.ndim
     w = weight_to_torch(w, spec)
     ci, co = spec.in_channels, spec.out_channels
@@ -482,14 +489,14 @@ def input_grad(g, w, *, spec, precision, preferred_element_type, strategy, nhwc=
     """
     if nhwc and not spec.channels_last:
         dx = input_grad(
-            jnp.moveaxis(g, 1, -1),
-            jnp.moveaxis(w, (0, 1), (-2, -1)),
+            act_to_channels_last(g, spec),
+            weight_to_channels_last(w, spec),
             spec=_cl_spec(spec),
             precision=precision,
             preferred_element_type=preferred_element_type,
             strategy=strategy,
         )
-        return jnp.moveaxis(dx, -1, 1)
+        return act_from_channels_last(dx, spec)
     dtype = jnp.result_type(g.dtype, w.dtype)
     acc = _acc_dtype(dtype, preferred_element_type)
     if strategy == "phase":
@@ -520,14 +527,14 @@ def weight_grad(x, g, *, spec, precision, preferred_element_type, strategy, nhwc
     """The weight gradient: ``dW = X @ G^T`` (``"cols"``) or the phase GEMMs (``"phase"``)."""
     if nhwc and not spec.channels_last:
         dw = weight_grad(
-            jnp.moveaxis(x, 1, -1),
-            jnp.moveaxis(g, 1, -1),
+            act_to_channels_last(x, spec),
+            act_to_channels_last(g, spec),
             spec=_cl_spec(spec),
             precision=precision,
             preferred_element_type=preferred_element_type,
             strategy=strategy,
         )
-        return jnp.moveaxis(dw, (-2, -1), (0, 1))
+        return weight_from_channels_last(dw, spec)
     dtype = jnp.result_type(x.dtype, g.dtype)
     acc = _acc_dtype(dtype, preferred_element_type)
     if strategy == "phase":
