@@ -24,13 +24,12 @@ import importlib.util
 import json
 import math
 import pathlib
-import time
 
 import numpy as np
 
 from jaxdeconv import _cost, make_spec
 from jaxdeconv._plan import ELEMENTWISE_CPU_FORWARD_MAX_OUT_PER_GROUP, elementwise
-from jaxdeconv.tools.bench import SUITE
+from jaxdeconv.tools.bench import SUITE, interleaved_minima
 
 
 def _draw():
@@ -63,23 +62,6 @@ def layers(seeds, per_seed, channels_last=False):
                 yield f"seed {seed}", f"{seed}.{done}", *layout(*drawn)
 
 
-def _best(calls, rounds, budget=0.03):
-    best = {k: math.inf for k in calls}
-    for f in calls.values():
-        f()  # compile
-    for _ in range(rounds):
-        for k, f in calls.items():
-            start, n = time.perf_counter(), 0
-            while n < 2 or time.perf_counter() - start < budget:
-                t = time.perf_counter()
-                f()
-                best[k] = min(best[k], time.perf_counter() - t)
-                n += 1
-                if time.perf_counter() - start > 0.5:
-                    break
-    return best
-
-
 def time_kernels(spec, rounds):
     """Seconds of each candidate forward kernel and each gradient kernel pair."""
     f32 = np.float32
@@ -88,7 +70,7 @@ def time_kernels(spec, rounds):
     fwd_c = tuple(dict.fromkeys((*fwd_c, *cols)))
     grad_c = tuple(dict.fromkeys((*grad_c, *cols)))
     calls = _cost.kernel_calls(spec, f32, fwd_c, grad_c)
-    return {f"{which}:{k}": t for (which, k), t in _best(calls, rounds).items()}
+    return {f"{which}:{k}": t for (which, k), t in interleaved_minima(calls, rounds).items()}
 
 
 def score(rows):

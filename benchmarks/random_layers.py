@@ -17,13 +17,13 @@ from __future__ import annotations
 import argparse
 import math
 import os
-import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 import jaxdeconv
+from jaxdeconv.tools.bench import interleaved_minima
 
 
 def draw(rng: np.random.Generator) -> tuple[tuple[int, ...], tuple[int, ...], dict] | None:
@@ -47,25 +47,6 @@ def draw(rng: np.random.Generator) -> tuple[tuple[int, ...], tuple[int, ...], di
     if n * co * math.prod(out) * 4 > 5e7 or flops > 4e9:  # keep each layer under ~1 s
         return None
     return (n, ci, *[size] * nd), (ci, co // groups, *[k] * nd), kw
-
-
-def best_times(calls: dict, rounds: int, slow: float = 0.5) -> dict[str, float]:
-    """Each call's best time over interleaved rounds; one over ``slow`` seconds (lax's
-    3-d zero insertion can take seconds) is timed once."""
-    best = {}
-    for name, c in calls.items():
-        c()  # compile, warm up
-        t = time.perf_counter()
-        c()
-        best[name] = time.perf_counter() - t
-    for _ in range(rounds - 1):
-        for name, c in calls.items():
-            if best[name] > slow:
-                continue
-            t = time.perf_counter()
-            c()
-            best[name] = min(best[name], time.perf_counter() - t)
-    return best
 
 
 def time_layer(rng, xs, ws, kw, rounds, channels_last=False):
@@ -111,7 +92,7 @@ def time_layer(rng, xs, ws, kw, rounds, channels_last=False):
         "lax fwd+bwd": lax_[1],
         "torch fwd+bwd": torch_fwd_bwd,
     }
-    return x, w, kw_jax, best_times(calls, rounds)
+    return x, w, kw_jax, interleaved_minima(calls, rounds)
 
 
 def main() -> None:

@@ -402,6 +402,34 @@ def _warm_reps(call: Callable[[], Any], min_round_s: float, first_s: float) -> i
     return max(1, min(50, math.ceil(min_round_s / max(t, 1e-9))))
 
 
+def interleaved_minima(
+    calls: dict[Any, Callable[[], Any]], rounds: int, budget: float = 0.03, slow: float = 0.5
+) -> dict[Any, float]:
+    """Each call's best time in seconds, timed interleaved round after round.
+
+    Every call runs once untimed (compile, warm-up). In each round every call is timed
+    repeatedly for about ``budget`` seconds (at least twice), each call on its own, and
+    its minimum kept, so a layer of 0.1 ms is judged on many samples and not on one call
+    woken from idle; a call over ``slow`` seconds is timed once, in the first round.
+    """
+    best = {k: math.inf for k in calls}
+    for f in calls.values():
+        f()
+    for r in range(rounds):
+        for k, f in calls.items():
+            if r and best[k] > slow:
+                continue
+            start, n = time.perf_counter(), 0
+            while n < 2 or time.perf_counter() - start < budget:
+                t = time.perf_counter()
+                f()
+                best[k] = min(best[k], time.perf_counter() - t)
+                n += 1
+                if best[k] > slow or time.perf_counter() - start > 10 * budget:
+                    break
+    return best
+
+
 def layer_worker(job: dict[str, Any], emit: Callable[[dict[str, Any]], None]) -> None:
     """Check, compile and time every variant of one layer; report through ``emit``.
 
