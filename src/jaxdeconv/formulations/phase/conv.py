@@ -27,7 +27,7 @@ from ..._layout import (
     weight_to_channels_last,
 )
 from ..._phases import phase_plan
-from .gemm import out_dtype, sub_kernel, tap_planes
+from .gemm import out_dtype, settled, sub_kernel, tap_planes
 
 __all__ = [
     "forward_convs",
@@ -241,9 +241,10 @@ def _grouped_native(a, spec, per_group):
 def _tap_slices(g, spec):
     """``g`` at the full-result positions ``i * s + j * d`` of every input ``i``, per tap.
 
-    ``g`` is grouped (:func:`_grouped_native`); yields ``(tap, slice)``.
+    ``g`` is grouped (:func:`_grouped_native`) and :func:`~.gemm.settled` (read once
+    per tap); yields ``(tap, slice)``.
     """
-    ge, sp = _grouped_native(g, spec, spec.out_channels // spec.groups)
+    ge, sp = _grouped_native(settled(g, spec), spec, spec.out_channels // spec.groups)
     return tap_planes(ge, sp, spec)
 
 
