@@ -387,8 +387,10 @@ def _gemm_readers(hlo: str) -> int:
         ((2, 16, 16, 16), (16, 1, 4, 4), 2, 0, False, "elementwise", "elementwise", 1),
         # k = s: each element of the cotangent is read once, nothing to keep apart
         ((2, 16, 8, 8), (16, 8, 2, 2), 2, 0, False, "gemm_cols", "gemm_cols", 0),
+        # too small for a conditional to pay (SETTLE_MIN_ELEMENTS)
+        ((1, 4, 4, 4), (4, 4, 3, 3), 2, 0, False, "gemm_cols", "gemm_cols", 0),
     ],
-    ids=["cl-cols", "cf-cols", "cl-phase", "cf-nhwc", "depthwise", "k=s"],
+    ids=["cl-cols", "cf-cols", "cl-phase", "cf-nhwc", "depthwise", "k=s", "tiny"],
 )
 def test_cotangent_producer_runs_once(layer):
     """In ``grad(sum(y**2))`` the cotangent's producer is the forward's col2im; XLA:CPU

@@ -207,12 +207,13 @@ IM2COL_CONCAT_MAX_SHIFTS = 9
 COL2IM_FUSED_MAX_SHIFTS = 64
 
 
-def im2col(a, spec, sp_axes, tap_at):
+def im2col(a, spec, sp_axes, tap_at, settle=False):
     """``a`` (an output-sized activation, spatial axes ``sp_axes``) at the full-result
     positions ``i * s + j * d`` of every tap ``j`` and input ``i`` (im2col with
     stride, the adjoint of :func:`col2im`): ``a``'s layout with each spatial axis
     replaced by its input axis and the ``n`` tap axes inserted at ``tap_at``. One
-    slice per non-empty shift (:func:`_geometry`), not one per tap.
+    slice per non-empty shift (:func:`_geometry`), not one per tap. With ``settle``
+    the padded ``a`` they slice is :func:`settled` first.
     """
     n = spec.ndim
     geo = _geometry(spec)
@@ -220,6 +221,8 @@ def im2col(a, spec, sp_axes, tap_at):
     for ax, (lo, hi) in zip(sp_axes, _spatial_crop(spec, geo, 1)):
         pads[ax] = (lo, hi, 0)
     ap = lax.pad(a, jnp.zeros((), a.dtype), pads)
+    if settle:
+        ap = settled(ap, spec)
     shape, pos = [], {}  # each spatial axis -> (Q, s): pos[m] = the Q axis
     for ax in range(a.ndim):
         if ax in sp_axes:
@@ -294,6 +297,11 @@ def _apart(f, a):
     return lax.cond(bits[0] != 0, branch, branch, a)
 
 
+# Below this many elements a cotangent's producer is cheaper to recompute per slice
+# than a conditional is to run (10-30 us more on layers of 0.05-0.1 ms, 2026-12-01).
+SETTLE_MIN_ELEMENTS = 16384
+
+
 def settled(g, spec, f=lambda v: v):
     """The cotangent ``g`` in the layout ``f`` gives it, materialized once where the
     gradient kernels read its elements more than once.
@@ -306,9 +314,12 @@ def settled(g, spec, f=lambda v: v):
     so materialized, a k5 stride-4 one 4.0 ms against 1.2; channels-first,
     ``vae.up3`` 23 against 16 ms (2026-12-01). Where the taps do not overlap
     (``d * (k - 1) < s`` on every axis: ``k = s``, each element read once) there is
-    nothing to recompute, and the boundary would only add a copy (``unet.up4``).
+    nothing to recompute, and the boundary would only add a copy (``unet.up4``). Nor
+    is it worth it under ``SETTLE_MIN_ELEMENTS``: the conditional costs 10-30 us.
     """
-    if all(d * (k - 1) < s for k, s, d in zip(spec.kernel_size, spec.stride, spec.dilation)):
+    if g.size < SETTLE_MIN_ELEMENTS or all(
+        d * (k - 1) < s for k, s, d in zip(spec.kernel_size, spec.stride, spec.dilation)
+    ):
         return f(g)
     return _apart(f, g)
 
@@ -390,19 +401,18 @@ def tap_planes(a, axes, spec):
         yield tap, lax.slice(ap, start, limit, strides)
 
 
-def cotangent_cols(g, spec, *, is_settled=False):
+def cotangent_cols(g, spec):
     """``g`` at full-result positions ``i * s + j * d``, per tap (im2col with stride).
 
     Channels-first: ``G[C_out * K, N * in]``; channels-last: ``G[N * in, K * C_out]``
-    (each layout's contiguous axis stays contiguous). ``g`` is :func:`settled` first
-    unless ``is_settled``.
+    (each layout's contiguous axis stays contiguous). The padded ``g`` the slices
+    read is :func:`settled`.
     """
     n, rows = spec.ndim, spec.out_channels * math.prod(spec.kernel_size)
     if spec.channels_last:  # [N, *out, C] -> [N, *in, *k, C]
-        g = g if is_settled else settled(g, spec)
-        return im2col(g, spec, _r(1, n), 1 + n).reshape(-1, rows)
-    g = _to_cn(g, spec) if is_settled else settled(_to_cn(g, spec), spec)
-    return im2col(g, spec, _r(2, n), 1).reshape(rows, -1)  # [C, *k, N, *in]
+        return im2col(g, spec, _r(1, n), 1 + n, settle=True).reshape(-1, rows)
+    g = _to_cn(g, spec)
+    return im2col(g, spec, _r(2, n), 1, settle=True).reshape(rows, -1)  # [C, *k, N, *in]
 
 
 # ----------------------------------------------------------------------------- phase GEMMs
@@ -516,29 +526,20 @@ def _cl_spec(spec: ConvTransposeSpec) -> ConvTransposeSpec:
     return dataclasses.replace(spec, channels_last=True)
 
 
-def _settled_channels_last(g, spec):
-    """``g`` channels-last, :func:`settled` (the transpose inside the boundary)."""
-    return settled(g, spec, lambda v: act_to_channels_last(v, spec))
-
-
-def input_grad(
-    g, w, *, spec, precision, preferred_element_type, strategy, nhwc=False, is_settled=False
-):
+def input_grad(g, w, *, spec, precision, preferred_element_type, strategy, nhwc=False):
     """The input gradient: ``dX = W @ G`` (``"cols"``) or the phase GEMMs (``"phase"``).
 
     With ``nhwc`` a channels-first layer is computed channels-last (where ``dX``'s
-    rows are ``N * in`` instead of ``C_in``); ``is_settled``: ``g`` is already
-    :func:`settled`.
+    rows are ``N * in`` instead of ``C_in``).
     """
     if nhwc and not spec.channels_last:
         dx = input_grad(
-            _settled_channels_last(g, spec),
+            act_to_channels_last(g, spec),
             weight_to_channels_last(w, spec),
             spec=_cl_spec(spec),
             precision=precision,
             preferred_element_type=preferred_element_type,
             strategy=strategy,
-            is_settled=True,
         )
         return act_from_channels_last(dx, spec)
     dtype = jnp.result_type(g.dtype, w.dtype)
@@ -548,7 +549,7 @@ def input_grad(
     elif spec.channels_last:  # dX[N * in, C_in] = G @ W[K * C_out, C_in]
         ci = spec.in_channels
         dx = lax.dot_general(
-            cotangent_cols(g, spec, is_settled=is_settled),
+            cotangent_cols(g, spec),
             jnp.moveaxis(w, -2, -1).reshape(-1, ci),
             (((1,), (0,)), ((), ())),
             precision=precision,
@@ -558,7 +559,7 @@ def input_grad(
         ci = spec.in_channels
         dx = lax.dot_general(
             w.reshape(ci, -1),
-            cotangent_cols(g, spec, is_settled=is_settled),
+            cotangent_cols(g, spec),
             (((1,), (0,)), ((), ())),
             precision=precision,
             preferred_element_type=acc,
@@ -567,19 +568,16 @@ def input_grad(
     return dx.astype(out_dtype(dtype, preferred_element_type))
 
 
-def weight_grad(
-    x, g, *, spec, precision, preferred_element_type, strategy, nhwc=False, is_settled=False
-):
+def weight_grad(x, g, *, spec, precision, preferred_element_type, strategy, nhwc=False):
     """The weight gradient: ``dW = X @ G^T`` (``"cols"``) or the phase GEMMs (``"phase"``)."""
     if nhwc and not spec.channels_last:
         dw = weight_grad(
             act_to_channels_last(x, spec),
-            _settled_channels_last(g, spec),
+            act_to_channels_last(g, spec),
             spec=_cl_spec(spec),
             precision=precision,
             preferred_element_type=preferred_element_type,
             strategy=strategy,
-            is_settled=True,
         )
         return weight_from_channels_last(dw, spec)
     dtype = jnp.result_type(x.dtype, g.dtype)
@@ -591,7 +589,7 @@ def weight_grad(
         ci = spec.in_channels
         dw = lax.dot_general(
             lax.optimization_barrier(x.reshape(-1, ci).T),  # see forward
-            cotangent_cols(g, spec, is_settled=is_settled),
+            cotangent_cols(g, spec),
             (((1,), (0,)), ((), ())),
             precision=precision,
             preferred_element_type=acc,
@@ -601,7 +599,7 @@ def weight_grad(
         ci = spec.in_channels
         dw = lax.dot_general(
             x.swapaxes(0, 1).reshape(ci, -1),
-            cotangent_cols(g, spec, is_settled=is_settled),
+            cotangent_cols(g, spec),
             (((1,), (1,)), ((), ())),
             precision=precision,
             preferred_element_type=acc,
