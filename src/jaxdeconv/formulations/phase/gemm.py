@@ -401,18 +401,18 @@ def tap_planes(a, axes, spec):
         yield tap, lax.slice(ap, start, limit, strides)
 
 
-def cotangent_cols(g, spec):
+def cotangent_cols(g, spec, settle=True):
     """``g`` at full-result positions ``i * s + j * d``, per tap (im2col with stride).
 
     Channels-first: ``G[C_out * K, N * in]``; channels-last: ``G[N * in, K * C_out]``
-    (each layout's contiguous axis stays contiguous). The padded ``g`` the slices
-    read is :func:`settled`.
+    (each layout's contiguous axis stays contiguous). With ``settle`` the padded ``g``
+    the slices read is :func:`settled`.
     """
     n, rows = spec.ndim, spec.out_channels * math.prod(spec.kernel_size)
     if spec.channels_last:  # [N, *out, C] -> [N, *in, *k, C]
-        return im2col(g, spec, _r(1, n), 1 + n, settle=True).reshape(-1, rows)
+        return im2col(g, spec, _r(1, n), 1 + n, settle).reshape(-1, rows)
     g = _to_cn(g, spec)
-    return im2col(g, spec, _r(2, n), 1, settle=True).reshape(rows, -1)  # [C, *k, N, *in]
+    return im2col(g, spec, _r(2, n), 1, settle).reshape(rows, -1)  # [C, *k, N, *in]
 
 
 # ----------------------------------------------------------------------------- phase GEMMs
@@ -460,10 +460,10 @@ def _cotangent_phases(gt, combo, members, spec):
     return jnp.stack(parts).reshape(len(members) * spec.out_channels, -1)
 
 
-def _input_grad_phase(g, w, *, spec, precision, acc):
+def _input_grad_phase(g, w, *, spec, precision, acc, settle):
     """Per convolution ``dP = K^T @ Y``, its patches added back (col2im, stride 1)."""
     ci = spec.in_channels
-    gt = _to_cn(settled(g, spec), spec)
+    gt = _to_cn(settled(g, spec) if settle else g, spec)
     w = weight_to_torch(w, spec)
     zero = jnp.zeros((), acc)
     # no convolution at all when no output position meets a tap (the crop keeps only gaps)
@@ -488,7 +488,7 @@ def _input_grad_phase(g, w, *, spec, precision, acc):
     return _from_cn(dx, spec)
 
 
-def _weight_grad_phase(x, g, *, spec, precision, acc):
+def _weight_grad_phase(x, g, *, spec, precision, acc, settle):
     """Per convolution ``dK = Y @ P^T``, each member's taps padded into the kernel.
 
     A phase's taps are an arithmetic sequence (step ``s / gcd(s, d)``, listed from the
@@ -497,7 +497,7 @@ def _weight_grad_phase(x, g, *, spec, precision, acc):
     (one per member phase, not one op per tap: the program stays small).
     """
     ci, co = spec.in_channels, spec.out_channels
-    xt, gt = _to_cn(x, spec), _to_cn(settled(g, spec), spec)
+    xt, gt = _to_cn(x, spec), _to_cn(settled(g, spec) if settle else g, spec)
     zero = jnp.zeros((), acc)
     dw = jnp.zeros((co, ci, *spec.kernel_size), acc)
     for combo, members in phase_plan(spec).convolutions():
@@ -526,7 +526,7 @@ def _cl_spec(spec: ConvTransposeSpec) -> ConvTransposeSpec:
     return dataclasses.replace(spec, channels_last=True)
 
 
-def input_grad(g, w, *, spec, precision, preferred_element_type, strategy, nhwc=False):
+def input_grad(g, w, *, spec, precision, preferred_element_type, strategy, nhwc=False, settle=True):
     """The input gradient: ``dX = W @ G`` (``"cols"``) or the phase GEMMs (``"phase"``).
 
     With ``nhwc`` a channels-first layer is computed channels-last (where ``dX``'s
@@ -540,16 +540,17 @@ def input_grad(g, w, *, spec, precision, preferred_element_type, strategy, nhwc=
             precision=precision,
             preferred_element_type=preferred_element_type,
             strategy=strategy,
+            settle=settle,
         )
         return act_from_channels_last(dx, spec)
     dtype = jnp.result_type(g.dtype, w.dtype)
     acc = _acc_dtype(dtype, preferred_element_type)
     if strategy == "phase":
-        dx = _input_grad_phase(g, w, spec=spec, precision=precision, acc=acc)
+        dx = _input_grad_phase(g, w, spec=spec, precision=precision, acc=acc, settle=settle)
     elif spec.channels_last:  # dX[N * in, C_in] = G @ W[K * C_out, C_in]
         ci = spec.in_channels
         dx = lax.dot_general(
-            cotangent_cols(g, spec),
+            cotangent_cols(g, spec, settle),
             jnp.moveaxis(w, -2, -1).reshape(-1, ci),
             (((1,), (0,)), ((), ())),
             precision=precision,
@@ -559,7 +560,7 @@ def input_grad(g, w, *, spec, precision, preferred_element_type, strategy, nhwc=
         ci = spec.in_channels
         dx = lax.dot_general(
             w.reshape(ci, -1),
-            cotangent_cols(g, spec),
+            cotangent_cols(g, spec, settle),
             (((1,), (0,)), ((), ())),
             precision=precision,
             preferred_element_type=acc,
@@ -568,7 +569,9 @@ def input_grad(g, w, *, spec, precision, preferred_element_type, strategy, nhwc=
     return dx.astype(out_dtype(dtype, preferred_element_type))
 
 
-def weight_grad(x, g, *, spec, precision, preferred_element_type, strategy, nhwc=False):
+def weight_grad(
+    x, g, *, spec, precision, preferred_element_type, strategy, nhwc=False, settle=True
+):
     """The weight gradient: ``dW = X @ G^T`` (``"cols"``) or the phase GEMMs (``"phase"``)."""
     if nhwc and not spec.channels_last:
         dw = weight_grad(
@@ -578,18 +581,19 @@ def weight_grad(x, g, *, spec, precision, preferred_element_type, strategy, nhwc
             precision=precision,
             preferred_element_type=preferred_element_type,
             strategy=strategy,
+            settle=settle,
         )
         return weight_from_channels_last(dw, spec)
     dtype = jnp.result_type(x.dtype, g.dtype)
     acc = _acc_dtype(dtype, preferred_element_type)
     if strategy == "phase":
-        dw = _weight_grad_phase(x, g, spec=spec, precision=precision, acc=acc)
+        dw = _weight_grad_phase(x, g, spec=spec, precision=precision, acc=acc, settle=settle)
         dw = weight_from_torch(dw, spec)
     elif spec.channels_last:  # dW[C_in, K * C_out] = X^T @ G
         ci = spec.in_channels
         dw = lax.dot_general(
             lax.optimization_barrier(x.reshape(-1, ci).T),  # see forward
-            cotangent_cols(g, spec),
+            cotangent_cols(g, spec, settle),
             (((1,), (0,)), ((), ())),
             precision=precision,
             preferred_element_type=acc,
@@ -599,7 +603,7 @@ def weight_grad(x, g, *, spec, precision, preferred_element_type, strategy, nhwc
         ci = spec.in_channels
         dw = lax.dot_general(
             x.swapaxes(0, 1).reshape(ci, -1),
-            cotangent_cols(g, spec),
+            cotangent_cols(g, spec, settle),
             (((1,), (1,)), ((), ())),
             precision=precision,
             preferred_element_type=acc,
