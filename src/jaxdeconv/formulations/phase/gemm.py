@@ -302,26 +302,27 @@ def _apart(f, a):
 SETTLE_MIN_ELEMENTS = 16384
 
 
-def settled(g, spec, f=lambda v: v):
-    """The cotangent ``g`` in the layout ``f`` gives it, materialized once where the
-    gradient kernels read its elements more than once.
+def settled(g, spec):
+    """The cotangent ``g``, materialized once where the gradient kernels read its
+    elements more than once.
 
     The kernels read ``g`` through one slice per shift (im2col), per phase or per tap.
     XLA:CPU fuses ``g``'s producer into each of those readers, so a cheap producer
     runs once per slice, in the slice's order. In ``grad(sum(y**2))`` the producer is
     the forward's col2im itself (in a model, ``relu'(y) * g`` and the same col2im):
-    channels-last, a 2-d k4 stride-1 layer's forward+backward took 36 ms against 16
-    so materialized, a k5 stride-4 one 4.0 ms against 1.2; channels-first,
-    ``vae.up3`` 23 against 16 ms (2026-12-01). Where the taps do not overlap
-    (``d * (k - 1) < s`` on every axis: ``k = s``, each element read once) there is
+    a 2-d k4 stride-1 layer's forward+backward took 34 ms against 15 so materialized
+    channels-last, 29 against 14 channels-first, a channels-last k5 stride-4 one 3.9
+    against 1.2 ms (2026-12-01). The padded ``g`` is what :func:`im2col` settles, so
+    that the producer still writes the padding in its one pass. Where the taps do not
+    overlap (``d * (k - 1) < s`` on every axis: ``k = s``, each element read once) there is
     nothing to recompute, and the boundary would only add a copy (``unet.up4``). Nor
     is it worth it under ``SETTLE_MIN_ELEMENTS``: the conditional costs 10-30 us.
     """
     if g.size < SETTLE_MIN_ELEMENTS or all(
         d * (k - 1) < s for k, s, d in zip(spec.kernel_size, spec.stride, spec.dilation)
     ):
-        return f(g)
-    return _apart(f, g)
+        return g
+    return _apart(lambda v: v, g)
 
 
 def forward(x, w, *, spec, precision, preferred_element_type, nhwc=False):
