@@ -314,9 +314,10 @@ def settled(g, spec):
     channels-last, 29 against 14 channels-first, a channels-last k5 stride-4 one 3.9
     against 1.2 ms (2026-12-01). The padded ``g`` is what :func:`im2col` settles, so
     that the producer still writes the padding in its one pass. Where the taps do not
-    overlap (``d * (k - 1) < s`` on every axis: ``k = s``, each element read once) there is
-    nothing to recompute, and the boundary would only add a copy (``unet.up4``). Nor
-    is it worth it under ``SETTLE_MIN_ELEMENTS``: the conditional costs 10-30 us.
+    overlap (``d * (k - 1) < s`` on every axis: ``k = s``, each element read once)
+    there is nothing to recompute, and the boundary would only add a copy
+    (``unet.up4``). Nor is it worth it under ``SETTLE_MIN_ELEMENTS``: the conditional
+    costs 10-30 us.
     """
     if g.size < SETTLE_MIN_ELEMENTS or all(
         d * (k - 1) < s for k, s, d in zip(spec.kernel_size, spec.stride, spec.dilation)
