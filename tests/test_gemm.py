@@ -242,18 +242,29 @@ def _entry(hlo: str) -> list[str]:
     return lines[: next(i for i, line in enumerate(lines) if line.startswith("}"))]
 
 
+def _entry_ops(hlo: str):
+    """Each entry-computation instruction: ``(name, element count or None for a tuple,
+    op, operand names, line)``."""
+    for line in _entry(hlo):
+        m = re.match(r"\s*(?:ROOT )?%([\w.-]+) = (\S+) (\S+?)\((.*)", line)
+        if not m:
+            continue
+        name, shape, op, rest = m.groups()
+        dims = re.match(r"\w+\[([0-9,]*)\]", shape)
+        size = int(np.prod([int(d) for d in dims.group(1).split(",") if d])) if dims else None
+        yield name, size, op, re.findall(r"%([\w.-]+)", rest.split(")")[0]), line
+
+
 def _shared_dot_operands(hlo: str) -> dict[str, int]:
     """Entry-computation values read by two or more dots: name -> element count."""
     sizes, uses = {}, {}
-    for line in _entry(hlo):
-        m = re.match(r"\s*(?:ROOT )?%([\w.-]+) = \w+\[([0-9,]*)\]", line)
-        if not m:
+    for name, size, op, operands, line in _entry_ops(hlo):
+        if size is None:
             continue
-        sizes[m.group(1)] = int(np.prod([int(d) for d in m.group(2).split(",") if d]))
-        if "__ynn_fusion" in line or re.search(r" dot\(", line):
-            args = re.search(r"(?:fusion|dot)\(([^)]*)\)", line).group(1)
-            for name in re.findall(r"%([\w.-]+)", args):
-                uses[name] = uses.get(name, 0) + 1
+        sizes[name] = size
+        if "__ynn_fusion" in line or op == "dot":
+            for o in operands:
+                uses[o] = uses.get(o, 0) + 1
     return {name: sizes[name] for name, n in uses.items() if n > 1 and name in sizes}
 
 
@@ -361,14 +372,10 @@ def _gemm_readers(hlo: str) -> int:
     """The most entry-computation instructions reading one GEMM's result (through
     bitcasts, which read nothing)."""
     gemms, alias, readers = set(), {}, {}
-    for line in _entry(hlo):
-        m = re.match(r"\s*(?:ROOT )?%([\w.-]+) = \S+ (\S+?)\((.*)", line)
-        if not m:
-            continue
-        name, op, rest = m.groups()
-        if op == "dot" or "kind=kCustom" in rest:
+    for name, _, op, operands, line in _entry_ops(hlo):
+        if op == "dot" or "kind=kCustom" in line:
             gemms.add(name)
-        operands = [alias.get(o, o) for o in re.findall(r"%([\w.-]+)", rest.split("),")[0])]
+        operands = [alias.get(o, o) for o in operands]
         if op == "bitcast":
             alias[name] = operands[0]
             continue
