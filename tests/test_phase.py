@@ -101,6 +101,50 @@ def test_phase_gradients_match_lhs_dilated_autodiff(spec, seed):
             np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-10, atol=1e-10)
 
 
+@pytest.mark.parametrize("cl", [False, True])
+@pytest.mark.parametrize(
+    "xs, cog, k, stride, padding, op, dilation, path",
+    [
+        ((2, 3, 6, 5), 1, 4, 2, 1, 0, 1, "upsampled"),  # bilinear x2
+        ((2, 3, 5), 2, 8, 4, 2, 0, 1, "upsampled"),  # several outputs per group
+        ((1, 3, 4, 3, 3), 1, 3, 1, 1, 0, 1, "upsampled"),  # stride 1, 3-d
+        ((2, 3, 4, 5), 3, (4, 3), (2, 3), (1, 0), (1, 2), 1, "upsampled"),  # k < s in one dim
+        ((2, 3, 6, 5), 1, 2, 2, 0, 0, 1, "per_phase"),  # no overlap
+        ((2, 3, 6, 5), 2, 3, 2, 1, 1, 1, "per_phase"),  # 16 products for 9 taps
+        ((2, 3, 6, 5), 1, 3, 2, 2, 1, 2, "per_phase"),  # dilation 2, stride 2: 4x
+    ],
+)
+def test_depthwise_forward_paths_match_numpy(
+    xs, cog, k, stride, padding, op, dilation, path, cl, monkeypatch
+):
+    """Both forms of the depthwise forward (up-sampled, per phase), where each is chosen."""
+    from jaxdeconv.formulations.phase import conv
+
+    nd, g = len(xs) - 2, xs[1]
+    ks = k if isinstance(k, tuple) else (k,) * nd
+    spec = make_spec(xs, (g, cog, *ks), stride, padding, op, g, dilation)
+    x, w = _arrays(spec, np.random.default_rng(5))
+    want = _reference(x, w, spec)
+    if cl:
+        x, w = np.moveaxis(x, 1, -1), np.moveaxis(w, (0, 1), (-2, -1))
+        spec = make_spec(x.shape, w.shape, stride, padding, op, g, dilation, channels_last=True)
+    taken = []
+
+    def spy(name):
+        orig = getattr(conv, name)
+        return lambda *a, **kw: taken.append(name) or orig(*a, **kw)
+
+    for name in ("_forward_upsampled", "_forward_per_phase"):
+        monkeypatch.setattr(conv, name, spy(name))
+    with jax.enable_x64(True):
+        y = conv.forward_elementwise(
+            jnp.asarray(x), jnp.asarray(w), spec=spec, preferred_element_type=None
+        )
+    y = np.moveaxis(np.asarray(y), -1, 1) if cl else np.asarray(y)
+    assert taken == [f"_forward_{path}"]
+    np.testing.assert_allclose(y, want, rtol=1e-10, atol=1e-10)
+
+
 @pytest.mark.parametrize(
     "xs, ws, stride, padding, op, groups, dilation, cl",
     [
