@@ -145,6 +145,54 @@ def test_depthwise_forward_paths_match_numpy(
     np.testing.assert_allclose(y, want, rtol=1e-10, atol=1e-10)
 
 
+@pytest.mark.parametrize("cl", [False, True])
+@pytest.mark.parametrize(
+    "xs, cog, k, stride, padding, op, dilation, path",
+    [
+        ((2, 3, 6, 5), 1, 4, 2, 1, 0, 1, "dot"),  # bilinear x2
+        ((1, 2, 3, 4, 3), 1, 4, 2, 1, 1, 1, "dot"),  # 3-d
+        ((2, 3, 5), 2, 8, 4, 2, 0, 1, "dot"),  # several outputs per group
+        ((2, 3, 4, 5), 1, (4, 5), (2, 3), (1, 0), (1, 2), (1, 2), "dot"),  # mixed, dilated
+        ((2, 3, 6, 5), 1, 3, 2, 1, 1, 1, "per_tap"),  # 8 against 9 inputs' worth
+        ((2, 3, 6, 5), 1, 3, 1, 1, 0, 1, "per_tap"),  # stride 1: one offset per tap
+        ((2, 3, 6, 5), 1, 3, 2, 2, 1, 2, "per_tap"),  # dilation 2, stride 2
+    ],
+)
+def test_depthwise_weight_grad_paths_match_autodiff(
+    xs, cog, k, stride, padding, op, dilation, path, cl, monkeypatch
+):
+    """Both forms of the depthwise weight gradient (batched products, per tap)."""
+    from jaxdeconv.formulations.phase import conv
+
+    nd, g = len(xs) - 2, xs[1]
+    ks = k if isinstance(k, tuple) else (k,) * nd
+    spec = make_spec(xs, (g, cog, *ks), stride, padding, op, g, dilation)
+    rng = np.random.default_rng(6)
+    x, w = _arrays(spec, rng)
+    ct = rng.standard_normal(spec.output_shape)
+    with jax.enable_x64(True):
+        _, vjp = jax.vjp(lambda w: lhs_dilated(jnp.asarray(x), w, spec), jnp.asarray(w))
+        (want,) = vjp(jnp.asarray(ct))
+    if cl:
+        x, ct = np.moveaxis(x, 1, -1), np.moveaxis(ct, 1, -1)
+        want = np.moveaxis(np.asarray(want), (0, 1), (-2, -1))
+        spec = make_spec(x.shape, want.shape, stride, padding, op, g, dilation, channels_last=True)
+    taken = []
+
+    def spy(name):
+        orig = getattr(conv, name)
+        return lambda *a, **kw: taken.append(name) or orig(*a, **kw)
+
+    for name in ("_weight_grad_dot", "_weight_grad_per_tap"):
+        monkeypatch.setattr(conv, name, spy(name))
+    with jax.enable_x64(True):
+        got = conv.weight_grad_elementwise(
+            jnp.asarray(x), jnp.asarray(ct), spec=spec, preferred_element_type=None
+        )
+    assert taken == [f"_weight_grad_{path}"]
+    np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-10, atol=1e-10)
+
+
 @pytest.mark.parametrize(
     "xs, ws, stride, padding, op, groups, dilation, cl",
     [
