@@ -153,15 +153,18 @@ def test_depthwise_forward_paths_match_numpy(
         ((1, 2, 3, 4, 3), 1, 4, 2, 1, 1, 1, "dot"),  # 3-d
         ((2, 3, 5), 2, 8, 4, 2, 0, 1, "dot"),  # several outputs per group
         ((2, 3, 4, 5), 1, (4, 5), (2, 3), (1, 0), (1, 2), (1, 2), "dot"),  # mixed, dilated
-        ((2, 3, 6, 5), 1, 3, 2, 1, 1, 1, "per_tap"),  # 8 against 9 inputs' worth
-        ((2, 3, 6, 5), 1, 3, 1, 1, 0, 1, "per_tap"),  # stride 1: one offset per tap
-        ((2, 3, 6, 5), 1, 3, 2, 2, 1, 2, "per_tap"),  # dilation 2, stride 2
+        ((2, 3, 6, 5), 1, 3, 2, 1, 1, 1, "loop"),  # 8 against 9 inputs' worth
+        ((2, 3, 6, 5), 1, 3, 1, 1, 0, 1, "loop"),  # stride 1: one offset per tap
+        ((2, 3, 6, 5), 2, 3, 2, 2, 1, 2, "loop"),  # dilation 2, stride 2
+        ((1, 2, 3, 4, 3), 1, 3, 1, 1, 0, 1, "loop"),  # 3-d, stride 1
+        ((2, 3, 6, 5), 1, 2, 2, 0, 0, 1, "per_tap"),  # k = s: one tap per residue
+        ((2, 3, 5), 2, 4, 4, 0, 0, 1, "per_tap"),
     ],
 )
 def test_depthwise_weight_grad_paths_match_autodiff(
     xs, cog, k, stride, padding, op, dilation, path, cl, monkeypatch
 ):
-    """Both forms of the depthwise weight gradient (batched products, per tap)."""
+    """Every form of the depthwise weight gradient (batched products, loop, per tap)."""
     from jaxdeconv.formulations.phase import conv
 
     nd, g = len(xs) - 2, xs[1]
@@ -183,7 +186,7 @@ def test_depthwise_weight_grad_paths_match_autodiff(
         orig = getattr(conv, name)
         return lambda *a, **kw: taken.append(name) or orig(*a, **kw)
 
-    for name in ("_weight_grad_dot", "_weight_grad_per_tap"):
+    for name in ("_weight_grad_dot", "_weight_grad_loop", "_weight_grad_per_tap"):
         monkeypatch.setattr(conv, name, spy(name))
     with jax.enable_x64(True):
         got = conv.weight_grad_elementwise(

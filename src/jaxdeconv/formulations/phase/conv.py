@@ -410,29 +410,25 @@ def _weight_grad_per_tap(x, g, *, spec, preferred_element_type):
     return weight_from_channels_last(wt, spec)
 
 
-def _weight_grad_dot(x, g, *, spec, preferred_element_type):
-    """Depthwise-like weight gradient: per image and channel, one small product of
-    matrices.
+def _residue_planes(x, g, spec, dtype):
+    """The depthwise weight gradient's operands, channel-major (see :func:`_weight_grad_dot`).
 
     Tap ``j`` reads the full result's cotangent at ``i * s + j * d = (i + q) * s + r``
     (``q, r = divmod(j * d, s)`` per dimension): residue plane ``r`` at offset ``q``.
-    So with ``P`` the cotangent split into its residue planes (one copy, the same
-    size) and ``X`` the input placed at every offset ``q`` (one copy per offset),
-    ``dw[tap(q, r)] = sum_n X[n, q] . P[n, r]``: a ``dot_general`` batched over images
-    and channels, summed over images.
+    Returns ``x`` as ``[N, g, *in]``, the padded full result's residue planes
+    ``[N, g, cog, *s, *L]`` (one copy of the cotangent, in any layout) with
+    ``L >= q + in`` and ``L * s`` covering the full result, and the offsets per
+    dimension ``qs``.
     """
     n, grp = spec.ndim, spec.groups
     cog = spec.out_channels // grp
-    dtype = out_dtype(jnp.result_type(x.dtype, g.dtype), preferred_element_type)
-    acc = jnp.promote_types(dtype, jnp.float32)
     qs = [(k - 1) * d // s + 1 for k, s, d in zip(spec.kernel_size, spec.stride, spec.dilation)]
-    sizes = []  # per dimension: L, with L >= q + in and L * s >= the full result
+    sizes = []
     for q, i, s, o, (lo, hi) in zip(qs, spec.input_size, spec.stride, spec.output_size, spec.crop):
         sizes.append(max(q - 1 + i, -(-(o + lo + hi) // s)))
-    # P: [N, g, cog * R, prod(L)], the padded full result's residue planes.
-    gc = g.astype(dtype)
+    xc, gc = x.astype(dtype), g.astype(dtype)
     if spec.channels_last:
-        gc = jnp.moveaxis(gc, -1, 1)
+        xc, gc = jnp.moveaxis(xc, -1, 1), jnp.moveaxis(gc, -1, 1)
     gc = gc.reshape(spec.batch, grp, cog, *spec.output_size)
     pads = [(0, 0, 0)] * 3
     for size, s, o, (lo, hi) in zip(sizes, spec.stride, spec.output_size, spec.crop):
@@ -442,43 +438,78 @@ def _weight_grad_dot(x, g, *, spec, preferred_element_type):
         spec.batch, grp, cog, *(v for size, s in zip(sizes, spec.stride) for v in (size, s))
     )
     perm = [0, 1, 2, *range(4, 3 + 2 * n, 2), *range(3, 3 + 2 * n, 2)]
-    planes = gp.transpose(perm).reshape(spec.batch, grp, cog * math.prod(spec.stride), -1)
-    # X: [N, g, Q, prod(L)], the input at every offset.
-    xc = x.astype(dtype)
-    if spec.channels_last:
-        xc = jnp.moveaxis(xc, -1, 1)
-    shifted = []
+    return xc, gp.transpose(perm), sizes, qs
+
+
+def _tap_residues(spec):
+    """Per tap (row-major over the kernel): its offsets ``q`` and residues ``r``."""
+    return [
+        (
+            [j * d // s for j, s, d in zip(t, spec.stride, spec.dilation)],
+            [j * d % s for j, s, d in zip(t, spec.stride, spec.dilation)],
+        )
+        for t in np.ndindex(*spec.kernel_size)
+    ]
+
+
+def _weight_grad_dot(x, g, *, spec, preferred_element_type):
+    """Depthwise-like weight gradient: per image and channel, one small product of
+    matrices.
+
+    With ``P`` the cotangent's residue planes and ``X`` the input placed at every
+    offset ``q`` (one copy per offset; :func:`_residue_planes`),
+    ``dw[tap(q, r)] = sum_n X[n, q] . P[n, r]``: a ``dot_general`` batched over images
+    and channels, summed over images.
+    """
+    grp = spec.groups
+    cog = spec.out_channels // grp
+    dtype = out_dtype(jnp.result_type(x.dtype, g.dtype), preferred_element_type)
+    xc, planes, sizes, qs = _residue_planes(x, g, spec, dtype)
+    planes = planes.reshape(spec.batch, grp, cog * math.prod(spec.stride), -1)
+    shifted = []  # X: [N, g, Q, prod(L)]
     for offs in itertools.product(*(range(q) for q in qs)):
-        pads = [(0, 0, 0)] * 2 + [
-            (o, size - i - o, 0) for o, size, i in zip(offs, sizes, spec.input_size)
-        ]
+        pads = [(0, 0, 0)] * 2
+        pads += [(o, size - i - o, 0) for o, size, i in zip(offs, sizes, spec.input_size)]
         shifted.append(lax.pad(xc, jnp.zeros((), dtype), pads).reshape(spec.batch, grp, -1))
-    xs = jnp.stack(shifted, 2)
     prods = lax.dot_general(
-        xs,
+        jnp.stack(shifted, 2),
         planes,
         (((3,), (3,)), ((0, 1), (0, 1))),
         precision=lax.Precision.HIGHEST,
-        preferred_element_type=acc,
+        preferred_element_type=jnp.promote_types(dtype, jnp.float32),
     )  # [N, g, Q, cog * R]
     prods = prods.sum(0).reshape(grp, math.prod(qs), cog, math.prod(spec.stride))
-    taps = list(np.ndindex(*spec.kernel_size))
-    q_of = np.ravel_multi_index(
-        tuple(
-            np.array([j * d // s for j in (t[m] for t in taps)])
-            for m, (s, d) in enumerate(zip(spec.stride, spec.dilation))
-        ),
-        qs,
-    )
-    r_of = np.ravel_multi_index(
-        tuple(
-            np.array([j * d % s for j in (t[m] for t in taps)])
-            for m, (s, d) in enumerate(zip(spec.stride, spec.dilation))
-        ),
-        spec.stride,
-    )
+    taps = _tap_residues(spec)
+    q_of = np.array([np.ravel_multi_index(q, qs) for q, _ in taps])
+    r_of = np.array([np.ravel_multi_index(r, spec.stride) for _, r in taps])
     wt = prods[:, q_of, :, r_of].reshape(*spec.kernel_size, grp, cog)  # [*k, g, cog]
     return weight_from_channels_last(wt.astype(dtype), spec)
+
+
+def _weight_grad_loop(x, g, *, spec, preferred_element_type):
+    """Depthwise-like weight gradient: one tap per iteration of a loop (``lax.map``), its
+    window of the residue planes (:func:`_residue_planes`) times the input, summed.
+
+    One window is live at a time: unrolled, XLA:CPU materializes every tap's window and
+    its scheduler keeps them all live together.
+    """
+    n, grp = spec.ndim, spec.groups
+    cog = spec.out_channels // grp
+    dtype = out_dtype(jnp.result_type(x.dtype, g.dtype), preferred_element_type)
+    xc, planes, _, _ = _residue_planes(x, g, spec, dtype)
+    xc = xc.reshape(spec.batch, grp, 1, *spec.input_size)
+    table = jnp.asarray([r + q for q, r in _tap_residues(spec)], jnp.int32)
+    axes = (0, *range(3, n + 3))
+
+    def tap(row):
+        zero = jnp.zeros((), jnp.int32)
+        window = lax.dynamic_slice(
+            planes, (zero,) * 3 + tuple(row), (*planes.shape[:3], *(1,) * n, *spec.input_size)
+        )
+        return (xc * window.reshape(*xc.shape[:2], cog, *spec.input_size)).sum(axes)
+
+    wt = lax.map(tap, table).reshape(*spec.kernel_size, grp, cog)
+    return weight_from_channels_last(wt, spec)
 
 
 def _weight_grad_bytes(spec):
@@ -491,23 +522,33 @@ def _weight_grad_bytes(spec):
 
 
 def weight_grad_elementwise(x, g, *, spec, preferred_element_type):
-    """Depthwise-like weight gradient, by the form with the fewer temporary bytes.
+    """Depthwise-like weight gradient, in the form that holds the fewest temporaries.
 
-    XLA:CPU materializes the cotangent's slice per tap for its fused reductions
-    (:func:`_weight_grad_per_tap`: ``prod(k)`` input-sized buffers), and takes every
-    temporary buffer of a call in one allocation that glibc maps fresh, page by page,
-    on every call once it exceeds 32 MiB, at about 0.4 ms per MiB here; the batched
-    products (:func:`_weight_grad_dot`) hold one copy of the input per offset plus
-    the cotangent once. The products run where they hold at most
-    :data:`WEIGHT_GRAD_DOT_MAX_BYTES` of the per-tap form's bytes (depthwise.bilinear,
-    k4 s2: 34 against 64 MiB, 24.5 against 34.4 ms; 3-d: 15 against 34 ms). Elsewhere
-    (stride 1: one offset per tap; dilation; k3 s2: 17 against 18 MiB, 5.5 against
-    3.4 ms) the per-tap form, whose fused reductions are faster under the threshold.
+    XLA:CPU takes all of a call's temporary buffers in one allocation, which glibc maps
+    afresh on every call once it passes 32 MiB: every page is then faulted in, about
+    0.4 ms per MiB here, more than writing it. Unrolled per-tap products
+    (:func:`_weight_grad_per_tap`) hold every tap's slice of the cotangent at once (XLA
+    materializes each for its fused reductions, and its scheduler keeps them all
+    live): ``prod(k)`` input-sized buffers. So:
+
+    * the batched products (:func:`_weight_grad_dot`: one copy of the input per offset
+      plus the cotangent once) where they hold at most
+      :data:`WEIGHT_GRAD_DOT_MAX_BYTES` of that (k4 s2, k8 s4, 3-d);
+    * else, where taps overlap (more taps than residues: stride 1, k3 s2, dilation), a
+      loop over the taps (:func:`_weight_grad_loop`: the cotangent once plus one
+      window);
+    * else (each residue one tap, e.g. ``k = s``) the per-tap products, as few.
+
+    Forward+backward, 8x128x32x32 (64 channels for k3 s2), one process, interleaved
+    (per tap / dot / loop, ms): k4 s2 56 / 39 / 46; stride-1 k3 22 / 54 / 11; k3 s2 op1
+    24 / 22 / 9.9; k3 s2 dilation 2 20 / 30 / 8.8; k2 s2 18.5 / 18 / 20.5.
     """
     per_tap, dot = _weight_grad_bytes(spec)
     kw = dict(spec=spec, preferred_element_type=preferred_element_type)
     if dot <= WEIGHT_GRAD_DOT_MAX_BYTES * per_tap:
         return _weight_grad_dot(x, g, **kw)
+    if math.prod(spec.kernel_size) > math.prod(spec.stride):
+        return _weight_grad_loop(x, g, **kw)
     return _weight_grad_per_tap(x, g, **kw)
 
 
