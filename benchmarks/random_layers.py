@@ -7,9 +7,13 @@ Per layer it prints the plan and the forward and forward+backward times of `auto
 `lhs_dilated` (lax's conv_transpose) and torch, timed interleaved round after round,
 best kept, and the geomeans at the end. With ``--channels-last`` the JAX variants run
 channels-last (``[N, *spatial, C]``, as Flax and Keras models are) against torch's
-channels-first. Nothing is written to disk.
+channels-first. With ``--depthwise`` every layer is made depthwise (one input channel per
+group, 1-4 outputs per group) and timed against torch alone: lax's grouped convolutions
+run 100-1000x slower there (``jaxdeconv bench``'s ``depthwise.bilinear``). Nothing is
+written to disk.
 
     python benchmarks/random_layers.py --seed 11 --layers 30
+    python benchmarks/random_layers.py --seed 7 --layers 20 --depthwise
 """
 
 from __future__ import annotations
@@ -49,7 +53,19 @@ def draw(rng: np.random.Generator) -> tuple[tuple[int, ...], tuple[int, ...], di
     return (n, ci, *[size] * nd), (ci, co // groups, *[k] * nd), kw
 
 
-def time_layer(rng, xs, ws, kw, rounds, channels_last=False):
+def as_depthwise(layer, rng: np.random.Generator):
+    """``layer`` (from :func:`draw`) made depthwise: ``groups = C_in``, 1-4 outputs per
+    group; None if its output would be too large."""
+    (n, ci, *sp), (_, _, *k), kw = layer
+    m = int(rng.choice([1, 1, 1, 2, 4]))
+    s, p, op, d = (kw[a] for a in ("stride", "padding", "output_padding", "dilation"))
+    out = [(size - 1) * s - 2 * p + d * (kk - 1) + op + 1 for size, kk in zip(sp, k)]
+    if n * ci * m * math.prod(out) * 4 > 5e7:
+        return None
+    return (n, ci, *sp), (ci, m, *k), {**kw, "groups": ci}
+
+
+def time_layer(rng, xs, ws, kw, rounds, channels_last=False, baselines=("lax", "torch")):
     """Best times of auto, lax and torch, forward and forward+backward, on one layer.
 
     Returns the JAX operands (channels-last ones with ``channels_last``), their keyword
@@ -83,15 +99,16 @@ def time_layer(rng, xs, ws, kw, rounds, channels_last=False):
         xg.grad = wg.grad = None
         (tfn(xg, wg, **kw) ** 2).sum().backward()
 
-    auto, lax_ = jax_calls("auto"), jax_calls("lhs_dilated")
-    calls = {
-        "auto fwd": auto[0],
-        "lax fwd": lax_[0],
-        "torch fwd": torch_fwd,
-        "auto fwd+bwd": auto[1],
-        "lax fwd+bwd": lax_[1],
-        "torch fwd+bwd": torch_fwd_bwd,
-    }
+    auto = jax_calls("auto")
+    lax_ = jax_calls("lhs_dilated") if "lax" in baselines else None
+    calls = {"auto fwd": auto[0]}
+    if lax_:
+        calls["lax fwd"] = lax_[0]
+    calls["torch fwd"] = torch_fwd
+    calls["auto fwd+bwd"] = auto[1]
+    if lax_:
+        calls["lax fwd+bwd"] = lax_[1]
+    calls["torch fwd+bwd"] = torch_fwd_bwd
     return x, w, kw_jax, interleaved_minima(calls, rounds)
 
 
@@ -103,7 +120,11 @@ def main() -> None:
     ap.add_argument(
         "--channels-last", action="store_true", help="JAX variants channels-last (torch: NCHW)"
     )
+    ap.add_argument(
+        "--depthwise", action="store_true", help="depthwise layers, against torch alone"
+    )
     opts = ap.parse_args()
+    baselines = ("torch",) if opts.depthwise else ("torch", "lax")
     import torch
 
     torch.set_num_threads(os.cpu_count() or 1)
@@ -112,14 +133,16 @@ def main() -> None:
     done = 0
     while done < opts.layers:
         layer = draw(rng)
+        if layer is not None and opts.depthwise:
+            layer = as_depthwise(layer, rng)
         if layer is None:
             continue
         done += 1
         xs, ws, kw = layer
-        x, w, kw_jax, t = time_layer(rng, xs, ws, kw, opts.rounds, opts.channels_last)
+        x, w, kw_jax, t = time_layer(rng, xs, ws, kw, opts.rounds, opts.channels_last, baselines)
         row = []
         for mode in ("fwd", "fwd+bwd"):
-            for base in ("torch", "lax"):
+            for base in baselines:
                 r = t[f"{base} {mode}"] / t[f"auto {mode}"]
                 ratios.setdefault(f"{mode} x {base}", []).append(r)
                 row.append(f"{mode} {r:.2f}x {base}")

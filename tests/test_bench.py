@@ -163,6 +163,22 @@ def test_random_layers_draws_layers_jaxdeconv_and_torch_accept():
         keys = {f"{v} {m}" for v in ("auto", "lax", "torch") for m in ("fwd", "fwd+bwd")}
         assert set(t) == keys
         assert all(0 < v < 10 for v in t.values())
+    # --depthwise: every draw made depthwise, valid, and timed against torch alone
+    made = [mod.as_depthwise(d, rng) for d in drawn]
+    made = [d for d in made if d is not None]
+    assert len(made) > 10
+    for xs, ws, kw in made:
+        assert kw["groups"] == xs[1] == ws[0] and ws[1] in (1, 2, 4)
+        make_spec(xs, ws, **kw)
+    _, _, _, t = mod.time_layer(
+        rng,
+        (1, 4, 5, 5),
+        (4, 2, 3, 3),
+        dict(stride=2, padding=1, groups=4),
+        2,
+        baselines=("torch",),
+    )
+    assert set(t) == {f"{v} {m}" for v in ("auto", "torch") for m in ("fwd", "fwd+bwd")}
 
 
 def test_kernel_picks_times_and_scores_every_candidate():

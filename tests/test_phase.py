@@ -145,6 +145,36 @@ def test_depthwise_forward_paths_match_numpy(
     np.testing.assert_allclose(y, want, rtol=1e-10, atol=1e-10)
 
 
+@pytest.mark.parametrize(
+    "xs, cog, k, stride, padding, op, detour",
+    [
+        ((1, 3, 4, 3, 3), 1, 4, 2, 1, 0, True),  # 3-d k4 s2: 8 terms
+        ((2, 3, 4, 4), 2, 8, 3, 2, 1, True),  # k8 s3: 9 terms
+        ((2, 3, 6, 5), 1, 4, 2, 1, 0, False),  # bilinear: 4 terms
+        ((2, 3, 6, 5), 1, 3, 1, 1, 0, False),  # stride 1: the last axis is not interleaved
+    ],
+)
+def test_depthwise_forward_channels_last_detour(
+    xs, cog, k, stride, padding, op, detour, monkeypatch
+):
+    """With ``nhwc`` (one CPU device) a channels-first depthwise forward with 8 or more
+    up-sampled terms and a strided last axis is computed channels-last, the same values."""
+    from jaxdeconv.formulations.phase import conv
+
+    nd, g = len(xs) - 2, xs[1]
+    spec = make_spec(xs, (g, cog, *(k,) * nd), stride, padding, op, g)
+    x, w = _arrays(spec, np.random.default_rng(7))
+    calls = []
+    orig = conv._apart
+    monkeypatch.setattr(conv, "_apart", lambda *a: calls.append(1) or orig(*a))
+    with jax.enable_x64(True):
+        y = conv.forward_elementwise(
+            jnp.asarray(x), jnp.asarray(w), spec=spec, preferred_element_type=None, nhwc=True
+        )
+    assert bool(calls) == detour
+    np.testing.assert_allclose(np.asarray(y), _reference(x, w, spec), rtol=1e-10, atol=1e-10)
+
+
 @pytest.mark.parametrize("cl", [False, True])
 @pytest.mark.parametrize(
     "xs, cog, k, stride, padding, op, dilation, path",
@@ -188,12 +218,30 @@ def test_depthwise_weight_grad_paths_match_autodiff(
 
     for name in ("_weight_grad_dot", "_weight_grad_loop", "_weight_grad_per_tap"):
         monkeypatch.setattr(conv, name, spy(name))
+    # these layers are small: the loop is taken on size too (test_depthwise_weight_grad_form)
+    monkeypatch.setattr(conv, "WEIGHT_GRAD_LOOP_MIN_BYTES", 0)
     with jax.enable_x64(True):
         got = conv.weight_grad_elementwise(
             jnp.asarray(x), jnp.asarray(ct), spec=spec, preferred_element_type=None
         )
     assert taken == [f"_weight_grad_{path}"]
     np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-10, atol=1e-10)
+
+
+def test_depthwise_weight_grad_form():
+    """The loop over taps only where the per-tap slices would be large (its overhead
+    shows on small layers), the batched products by their bytes at any size."""
+    from jaxdeconv.formulations.phase.conv import _weight_grad_form
+
+    def form(xs, k, s, **kw):
+        return _weight_grad_form(make_spec(xs, (xs[1], 1, k, k), s, groups=xs[1], **kw), 4)
+
+    assert form((8, 128, 32, 32), 3, 1, padding=1) == "loop"  # 9 x 4 MiB
+    assert form((1, 16, 8, 8), 3, 1, padding=1) == "per_tap"  # 9 x 4 KiB
+    assert form((8, 64, 32, 32), 3, 2, padding=1, output_padding=1) == "loop"
+    assert form((8, 128, 32, 32), 4, 2, padding=1) == "dot"
+    assert form((1, 16, 8, 8), 4, 2, padding=1) == "dot"
+    assert form((8, 128, 32, 32), 2, 2) == "per_tap"  # k = s: as few bytes
 
 
 @pytest.mark.parametrize(

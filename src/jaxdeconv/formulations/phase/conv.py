@@ -28,7 +28,7 @@ from ..._layout import (
     weight_to_channels_last,
 )
 from ..._phases import phase_plan
-from .gemm import out_dtype, settled, sub_kernel, tap_planes
+from .gemm import _apart, _cl_spec, out_dtype, settled, sub_kernel, tap_planes
 
 __all__ = [
     "forward_convs",
@@ -55,9 +55,16 @@ def _pad_spatial(x: jax.Array, pads) -> jax.Array:
 # many times the taps' (depthwise 8x128x32x32, k4 s2: 1.0x, 2.2-2.9 against 4.4-5.7 ms per
 # phase; k3 s2 op1: 1.8x, same time; k3 s2 dilation 2: 4x, 5.4 against 2.1 ms).
 UPSAMPLED_MAX_WASTE = 1.5
+# forward_elementwise computes a channels-first layer channels-last from this many
+# up-sampled terms (8x256x8x8 k8 s3, 9 terms: 4.7 -> 1.65 ms, torch 1.07; 3-d k4 s2, 8
+# terms: 4.8 -> 1.6; k7 s2, 16 terms: 0.68 -> 0.17; bilinear k4 s2, 4 terms: 3.7 -> 10.2;
+# 1-d k4 s2, 2 terms: 2.2 -> 5.7).
+NHWC_MIN_TERMS = 8
 # weight_grad_elementwise's batched products run where their temporaries are at most this
-# fraction of the per-tap form's.
+# fraction of the per-tap form's; its loop over taps, where the per-tap form would hold
+# this many bytes (a 1-d k4 s3 dilation-2 layer of 0.15 ms took 0.29 in the loop).
 WEIGHT_GRAD_DOT_MAX_BYTES = 0.75
+WEIGHT_GRAD_LOOP_MIN_BYTES = 8 << 20
 
 
 def interleave(outs, spec, dtype, *, native=False):
@@ -343,7 +350,7 @@ def _forward_upsampled(x, w, dims, *, spec, preferred_element_type):
     return acc.reshape(shape)
 
 
-def forward_elementwise(x, w, *, spec, preferred_element_type):
+def forward_elementwise(x, w, *, spec, preferred_element_type, nhwc=False):
     """Depthwise-like forward: a fused sum of per-tap products in spec's own layout.
 
     Up-sampled (:func:`_forward_upsampled`) where taps overlap (some phase sums
@@ -352,7 +359,13 @@ def forward_elementwise(x, w, *, spec, preferred_element_type):
     phase, so when phases have unequal or offset taps, e.g. dilation 2 with stride 2,
     most of its products are by zero); else per phase (:func:`_forward_per_phase`),
     which without overlap is one product per output too, and ran faster (k2 s2:
-    0.6-0.9 against 0.7-1.2 ms).
+    0.6-0.9 against 0.7-1.2 ms). With ``nhwc`` (one CPU device) a channels-first layer
+    whose last axis is strided and whose terms number :data:`NHWC_MIN_TERMS` or more
+    is up-sampled channels-last, the input and the output transposed around it
+    (:func:`~.gemm._apart`): channels-first the fused loop runs along the interleaved
+    last axis one scalar at a time, about 0.3 ns per output and term here,
+    channels-last along the channels, vectorized, and the transposes cost about
+    1-2.5 ns per output.
     """
     plan = phase_plan(spec, 0.0)
     dims = [
@@ -363,6 +376,16 @@ def forward_elementwise(x, w, *, spec, preferred_element_type):
     taps = math.prod(sum(len(ph.taps) for ph in phases) for phases in plan.phases)
     overlap = any(len(ph.taps) > 1 for phases in plan.phases for ph in phases)
     if overlap and products <= UPSAMPLED_MAX_WASTE * taps:
+        terms = math.prod(len(d[2]) for d in dims)
+        if nhwc and not spec.channels_last and spec.stride[-1] > 1 and terms >= NHWC_MIN_TERMS:
+            y = _forward_upsampled(
+                act_to_channels_last(x, spec),
+                weight_to_channels_last(w, spec),
+                dims,
+                spec=_cl_spec(spec),
+                preferred_element_type=preferred_element_type,
+            )
+            return _apart(lambda y: act_from_channels_last(y, spec), y)
         return _forward_upsampled(
             x, w, dims, spec=spec, preferred_element_type=preferred_element_type
         )
@@ -534,22 +557,33 @@ def weight_grad_elementwise(x, g, *, spec, preferred_element_type):
     * the batched products (:func:`_weight_grad_dot`: one copy of the input per offset
       plus the cotangent once) where they hold at most
       :data:`WEIGHT_GRAD_DOT_MAX_BYTES` of that (k4 s2, k8 s4, 3-d);
-    * else, where taps overlap (more taps than residues: stride 1, k3 s2, dilation), a
-      loop over the taps (:func:`_weight_grad_loop`: the cotangent once plus one
-      window);
-    * else (each residue one tap, e.g. ``k = s``) the per-tap products, as few.
+    * else, where taps overlap (more taps than residues: stride 1, k3 s2, dilation) and
+      the per-tap slices would hold :data:`WEIGHT_GRAD_LOOP_MIN_BYTES` or more, a loop
+      over the taps (:func:`_weight_grad_loop`: the cotangent once plus one window;
+      on smaller layers the loop's overhead, about 0.1 ms, is what shows);
+    * else (each residue one tap, e.g. ``k = s``, or a small layer) the per-tap products.
 
     Forward+backward, 8x128x32x32 (64 channels for k3 s2), one process, interleaved
     (per tap / dot / loop, ms): k4 s2 56 / 39 / 46; stride-1 k3 22 / 54 / 11; k3 s2 op1
     24 / 22 / 9.9; k3 s2 dilation 2 20 / 30 / 8.8; k2 s2 18.5 / 18 / 20.5.
     """
+    dtype = out_dtype(jnp.result_type(x.dtype, g.dtype), preferred_element_type)
+    form = {"dot": _weight_grad_dot, "loop": _weight_grad_loop, "per_tap": _weight_grad_per_tap}
+    return form[_weight_grad_form(spec, np.dtype(dtype).itemsize)](
+        x, g, spec=spec, preferred_element_type=preferred_element_type
+    )
+
+
+def _weight_grad_form(spec, itemsize):
+    """Which form :func:`weight_grad_elementwise` runs: ``"dot"``, ``"loop"`` or
+    ``"per_tap"``."""
     per_tap, dot = _weight_grad_bytes(spec)
-    kw = dict(spec=spec, preferred_element_type=preferred_element_type)
     if dot <= WEIGHT_GRAD_DOT_MAX_BYTES * per_tap:
-        return _weight_grad_dot(x, g, **kw)
-    if math.prod(spec.kernel_size) > math.prod(spec.stride):
-        return _weight_grad_loop(x, g, **kw)
-    return _weight_grad_per_tap(x, g, **kw)
+        return "dot"
+    overlap = math.prod(spec.kernel_size) > math.prod(spec.stride)
+    if overlap and per_tap * itemsize >= WEIGHT_GRAD_LOOP_MIN_BYTES:
+        return "loop"
+    return "per_tap"
 
 
 def input_grad_convs(g, w, *, spec, precision, preferred_element_type):

@@ -105,7 +105,11 @@ def _forward_impl(x, w, *, spec, kernels, precision, preferred_element_type):
         )
     if kernels.forward == "elementwise":
         return conv.forward_elementwise(
-            x, w, spec=spec, preferred_element_type=preferred_element_type
+            x,
+            w,
+            spec=spec,
+            preferred_element_type=preferred_element_type,
+            nhwc=kernels.backend == "cpu" and not kernels.on_mesh,
         )
     return conv.forward_convs(x, w, spec=spec, fold_leading=kernels.fold_leading, **kw)
 
