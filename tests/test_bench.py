@@ -69,6 +69,7 @@ def test_tiny_run_writes_every_column_and_nothing_into_cwd(tmp_path, monkeypatch
             assert "error" not in r and r["max_rel_err"] <= _bench.TOLERANCE
             assert r["ms"] > 0 and r["rounds"] == 1 and r["vs_torch"] > 0 and r["vs_lax"] > 0
             assert r["frac_xla_gemm"] > 0 and r["frac_torch_gemm"] > 0
+            assert r["faults_per_call"] >= 0
             if r["variant"] != "torch":
                 assert r["compile_s"] > 0 and r["temp_bytes"] >= 0
                 assert r["compile_vs_lax"] > 0 and r["temp_vs_lax"] is not None
@@ -200,3 +201,14 @@ def test_kernel_picks_times_and_scores_every_candidate():
     losses = picks.score([row])
     assert set(losses) == {("g", "forward"), ("g", "grads")}
     assert all(loss >= 1 for v in losses.values() for loss, *_ in v)
+
+
+def test_minor_faults_counts_freshly_mapped_pages():
+    """The bench's page-fault column counts what a call touches anew: 64 MiB of fresh
+    memory (glibc maps it with mmap) is over 16,000 4-KiB pages."""
+    import numpy as np
+
+    before = _bench._minor_faults()
+    a = np.ones(16 << 20, np.float32)  # 64 MiB, written
+    after = _bench._minor_faults()
+    assert a[-1] == 1 and after - before > 8000

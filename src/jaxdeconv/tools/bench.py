@@ -556,29 +556,52 @@ def layer_worker(job: dict[str, Any], emit: Callable[[dict[str, Any]], None]) ->
     best = {k: math.inf for k in keys}
     spent = {k: 0.0 for k in keys}
     rounds = {k: 0 for k in keys}
+    faults = {k: 0 for k in keys}  # minor page faults over every timed call
     for r in range(job["rounds"]):
         shift = r % max(len(keys), 1)
         for k in keys[shift:] + keys[:shift]:
             if rounds[k] and spent[k] >= job["max_variant_s"]:
                 continue  # slow variant: fewer rounds (counted in the report)
+            f0 = _minor_faults()
             for _ in range(reps[k]):
                 t0 = time.perf_counter()
                 calls[k]()
                 t = time.perf_counter() - t0
                 best[k] = min(best[k], t)
                 spent[k] += t
+            faults[k] += _minor_faults() - f0
             rounds[k] += 1
         emit(
             {
                 "event": "round",
                 "round": r + 1,
                 "timings": [
-                    dict(variant=k[0], mode=k[1], min_s=best[k], rounds=rounds[k], calls=reps[k])
+                    dict(
+                        variant=k[0],
+                        mode=k[1],
+                        min_s=best[k],
+                        rounds=rounds[k],
+                        calls=reps[k],
+                        faults_per_call=faults[k] / max(1, rounds[k] * reps[k]),
+                    )
                     for k in keys
                 ],
             }
         )
     emit({"event": "done"})
+
+
+def _minor_faults() -> int:
+    """This process's minor page faults so far (0 where ``resource`` is missing).
+
+    XLA:CPU takes a call's temporaries in one allocation, which glibc maps afresh on
+    every call once it passes 32 MiB: every page of it is then faulted in again, and
+    the time goes with it (README, *Temporaries over 32 MiB*)."""
+    try:
+        import resource
+    except ImportError:  # not POSIX
+        return 0
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 
 
 def _worker_main() -> int:
@@ -738,7 +761,10 @@ def _bench_layer(layer: Layer, opts, log) -> dict[str, Any]:
                     gemm[t["variant"]] = 2 * GEMM_SIZE**3 / t["min_s"] / 1e9
                     continue
                 entries[(t["variant"], t["mode"])].update(
-                    min_s=t["min_s"], rounds=t["rounds"], calls=t["calls"]
+                    min_s=t["min_s"],
+                    rounds=t["rounds"],
+                    calls=t["calls"],
+                    faults_per_call=t["faults_per_call"],
                 )
         elif ev["event"] == "stopped":
             notes.append(ev["note"])
@@ -986,6 +1012,7 @@ COLUMNS = [
     "compile x lax",
     "temp MiB",
     "temp x lax",
+    "page faults / call",
     "rounds",
     "max rel err",
 ]
@@ -1034,7 +1061,11 @@ def markdown(data: dict[str, Any]) -> str:
         + ("" if not data["load_warning"] else f" **{data['load_warning']}**"),
         "",
         "Speed-ups (`x torch`, `x lax`) > 1 mean `auto` is faster; forward+backward "
-        "compares with torch's backward and JAX's autodiff of `lax.conv_transpose`.",
+        "compares with torch's backward and JAX's autodiff of `lax.conv_transpose`. "
+        "`page faults / call` (every variant, below): thousands mean the call's "
+        "temporaries were mapped afresh and paged in (XLA:CPU's over 32 MiB with glibc), "
+        "which costs time; how often depends on the process's heap, so it can differ "
+        "between runs.",
         "",
     ]
     others = [v for v in data["variants"] if v != "auto"]
@@ -1112,6 +1143,7 @@ def markdown(data: dict[str, Any]) -> str:
                 _f(r.get("compile_vs_lax")),
                 _mb(r.get("temp_bytes")),
                 _f(r.get("temp_vs_lax")),
+                _f(r.get("faults_per_call"), ".0f"),
                 str(r.get("rounds", "-")),
                 _f(r.get("max_rel_err"), ".1e"),
             ]
