@@ -147,7 +147,7 @@ def test_strategy_rule_on_the_bench_layers():
         "vocoder": "gemm_cols / gemm_cols",  # C_in = 512
         "3d_k2": "gemm_cols / gemm_cols",
         "3d_k3": "gemm_cols_nhwc / gemm_cols",  # col2im interleaves: see test_cost
-        "depthwise": "elementwise / elementwise",  # structural: fused per-tap products
+        "depthwise": "elementwise / elementwise",  # structural: fused elementwise products
         "dilated": "gemm_cols_nhwc / gemm_cols",
     }
 
@@ -495,7 +495,7 @@ def test_grouped_cols_match_numpy(case, cl, rng):
 
 @pytest.mark.parametrize("per_group", [1, 2, 8])
 def test_depthwise_plans_and_values(per_group, rng):
-    """Depthwise layers on CPU: fused per-tap products forward; their gradients with one
+    """Depthwise layers on CPU: fused elementwise products forward; their gradients with one
     output per group, else the im2col GEMM gradients group by group. Values and both
     gradients against NumPy in float64."""
     kw = dict(stride=2, padding=1, groups=6)

@@ -28,8 +28,9 @@ from ._spec import ConvTransposeSpec
 __all__ = ["PhaseKernels", "Plan", "calibrate", "make_plan", "on_several_devices", "phase_kernels"]
 
 # Depthwise-like layers (one input channel per group, few outputs per group): XLA's
-# grouped convolutions are slow there and the work is memory-bound, so each phase is
-# a fused sum of per-tap products.
+# grouped convolutions are slow there and the work is memory-bound, so the layer runs as
+# fused elementwise products (jaxdeconv.formulations.phase.conv: the forward over the
+# up-sampled input, the weight gradient batched, looped or per tap).
 ELEMENTWISE_MAX_OUT_PER_GROUP = 4
 # On one CPU device the fused products serve the forward pass of depthwise layers with
 # up to this many outputs per group (128 groups, 32x32, k4 s2, N8: 89 ms at 8 outputs
@@ -56,7 +57,7 @@ class PhaseKernels:
         computed channels-last), ``"subpixel"`` (one stride-1
         convolution to every output phase, then depth-to-space), ``"phase_convs"``
         (one stride-1 convolution per group of phases) or ``"elementwise"``
-        (per-tap products).
+        (depthwise-like layers: fused elementwise products).
       input_grad, weight_grad: ``"gemm_cols"`` (from the im2col'd cotangent),
         ``"gemm_cols_nhwc"`` (the same, computed channels-last),
         ``"gemm_phase"`` (the phase convolutions' transposes as GEMMs), ``"convs"``
@@ -241,7 +242,7 @@ def _choose_kernels(spec, dtype, *, backend, on_mesh, strategy) -> PhaseKernels:
         and strategy is None
         and elementwise(spec, ELEMENTWISE_CPU_FORWARD_MAX_OUT_PER_GROUP)
     ):
-        reason = "depthwise-like: fused per-tap products"
+        reason = "depthwise-like: fused elementwise products"
         if spec.out_channels == spec.groups or not _cost.gemm_applies(spec, dtype):
             return PhaseKernels("conv", "elementwise", "elementwise", "elementwise", reason=reason)
         grads = _cost.cols_kernels(spec)[-1]  # channels-last (see above)
@@ -260,7 +261,7 @@ def _choose_kernels(spec, dtype, *, backend, on_mesh, strategy) -> PhaseKernels:
         fold_leading=not on_mesh,
         backend=backend,
         on_mesh=on_mesh,
-        reason="depthwise-like: fused per-tap products" if ew else "",
+        reason="depthwise-like: fused elementwise products" if ew else "",
     )
 
 

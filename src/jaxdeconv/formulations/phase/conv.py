@@ -4,7 +4,7 @@ Forward: one stride-1 convolution per group of output phases
 (:mod:`jaxdeconv._phases`), interleaved (depth-to-space). Input gradient: the
 strided forward convolution. Weight gradient: one dot per tap of the tap's input
 window with its phase's cotangent. Depthwise-like layers (see
-:func:`jaxdeconv._plan.elementwise`): fused per-tap products in spec's own layout.
+:func:`jaxdeconv._plan.elementwise`): fused elementwise products in spec's own layout.
 XLA's SPMD partitioner splits all of these with halo exchanges, and XLA:GPU hands
 the convolutions to cuDNN.
 """
@@ -351,7 +351,7 @@ def _forward_upsampled(x, w, dims, *, spec, preferred_element_type):
 
 
 def forward_elementwise(x, w, *, spec, preferred_element_type, nhwc=False):
-    """Depthwise-like forward: a fused sum of per-tap products in spec's own layout.
+    """Depthwise-like forward: a fused sum of products in spec's own layout.
 
     Up-sampled (:func:`_forward_upsampled`) where taps overlap (some phase sums
     several), unless its terms multiply more than :data:`UPSAMPLED_MAX_WASTE` times
