@@ -433,6 +433,15 @@ def _weight_grad_per_tap(x, g, *, spec, preferred_element_type):
     return weight_from_channels_last(wt, spec)
 
 
+def _residue_sizes(spec):
+    """Per dimension: how many offsets ``q`` the taps read, and the planes' length ``L``."""
+    qs = [(k - 1) * d // s + 1 for k, s, d in zip(spec.kernel_size, spec.stride, spec.dilation)]
+    sizes = []
+    for q, i, s, o, (lo, hi) in zip(qs, spec.input_size, spec.stride, spec.output_size, spec.crop):
+        sizes.append(max(q - 1 + i, -(-(o + lo + hi) // s)))
+    return qs, sizes
+
+
 def _residue_planes(x, g, spec, dtype):
     """The depthwise weight gradient's operands, channel-major (see :func:`_weight_grad_dot`).
 
@@ -445,10 +454,7 @@ def _residue_planes(x, g, spec, dtype):
     """
     n, grp = spec.ndim, spec.groups
     cog = spec.out_channels // grp
-    qs = [(k - 1) * d // s + 1 for k, s, d in zip(spec.kernel_size, spec.stride, spec.dilation)]
-    sizes = []
-    for q, i, s, o, (lo, hi) in zip(qs, spec.input_size, spec.stride, spec.output_size, spec.crop):
-        sizes.append(max(q - 1 + i, -(-(o + lo + hi) // s)))
+    qs, sizes = _residue_sizes(spec)
     xc, gc = x.astype(dtype), g.astype(dtype)
     if spec.channels_last:
         xc, gc = jnp.moveaxis(xc, -1, 1), jnp.moveaxis(gc, -1, 1)
@@ -536,12 +542,14 @@ def _weight_grad_loop(x, g, *, spec, preferred_element_type):
 
 
 def _weight_grad_bytes(spec):
-    """Temporary elements of :func:`_weight_grad_per_tap` and :func:`_weight_grad_dot`."""
+    """Temporary elements of :func:`_weight_grad_per_tap` (a slice of the cotangent per
+    tap) and :func:`_weight_grad_dot` (the padded input per offset, the residue planes)."""
     cog = spec.out_channels // spec.groups
-    per_in = spec.batch * spec.groups * math.prod(spec.input_size)
-    qs = [(k - 1) * d // s + 1 for k, s, d in zip(spec.kernel_size, spec.stride, spec.dilation)]
-    per_tap = math.prod(spec.kernel_size) * per_in * cog
-    return per_tap, math.prod(qs) * per_in + per_in * cog * math.prod(spec.stride)
+    images = spec.batch * spec.groups
+    qs, sizes = _residue_sizes(spec)
+    per_tap = math.prod(spec.kernel_size) * images * cog * math.prod(spec.input_size)
+    dot = (math.prod(qs) + cog * math.prod(spec.stride)) * images * math.prod(sizes)
+    return per_tap, dot
 
 
 def weight_grad_elementwise(x, g, *, spec, preferred_element_type):
