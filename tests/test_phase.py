@@ -228,6 +228,34 @@ def test_depthwise_weight_grad_paths_match_autodiff(
     np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-10, atol=1e-10)
 
 
+@pytest.mark.parametrize(
+    "xs, k, stride, padding, op, dilation",
+    [
+        ((2, 3, 1, 12), 5, 2, 1, 1, 1),
+        ((2, 3, 1, 1), 4, 3, 1, 0, 2),
+        ((1, 3, 1, 6, 1), 3, 2, 1, 1, 1),
+    ],
+)
+def test_depthwise_weight_grad_forms_on_one_input_position(xs, k, stride, padding, op, dilation):
+    """Every form of the depthwise weight gradient, where a dimension has one input
+    position (the residue regrouping then takes an effective stride of its own)."""
+    from jaxdeconv.formulations.phase import conv
+
+    nd = len(xs) - 2
+    spec = make_spec(xs, (3, 1, *(k,) * nd), stride, padding, op, 3, dilation)
+    rng = np.random.default_rng(8)
+    x, _ = _arrays(spec, rng)
+    ct = rng.standard_normal(spec.output_shape)
+    with jax.enable_x64(True):
+        _, vjp = jax.vjp(
+            lambda w: lhs_dilated(jnp.asarray(x), w, spec), jnp.zeros(spec.weight_shape)
+        )
+        (want,) = vjp(jnp.asarray(ct))
+        for form in (conv._weight_grad_dot, conv._weight_grad_loop, conv._weight_grad_per_tap):
+            got = form(jnp.asarray(x), jnp.asarray(ct), spec=spec, preferred_element_type=None)
+            np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-10, atol=1e-10)
+
+
 def test_depthwise_weight_grad_form():
     """The loop over taps only where the per-tap slices would be large (its overhead
     shows on small layers), the batched products by their bytes at any size."""

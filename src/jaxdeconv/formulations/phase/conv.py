@@ -28,7 +28,16 @@ from ..._layout import (
     weight_to_channels_last,
 )
 from ..._phases import phase_plan
-from .gemm import _apart, _cl_spec, out_dtype, settled, sub_kernel, tap_planes
+from .gemm import (
+    _apart,
+    _cl_spec,
+    _geometry,
+    _spatial_crop,
+    out_dtype,
+    settled,
+    sub_kernel,
+    tap_planes,
+)
 
 __all__ = [
     "forward_convs",
@@ -433,50 +442,33 @@ def _weight_grad_per_tap(x, g, *, spec, preferred_element_type):
     return weight_from_channels_last(wt, spec)
 
 
-def _residue_sizes(spec):
-    """Per dimension: how many offsets ``q`` the taps read, and the planes' length ``L``."""
-    qs = [(k - 1) * d // s + 1 for k, s, d in zip(spec.kernel_size, spec.stride, spec.dilation)]
-    sizes = []
-    for q, i, s, o, (lo, hi) in zip(qs, spec.input_size, spec.stride, spec.output_size, spec.crop):
-        sizes.append(max(q - 1 + i, -(-(o + lo + hi) // s)))
-    return qs, sizes
-
-
 def _residue_planes(x, g, spec, dtype):
     """The depthwise weight gradient's operands, channel-major (see :func:`_weight_grad_dot`).
 
-    Tap ``j`` reads the full result's cotangent at ``i * s + j * d = (i + q) * s + r``
-    (``q, r = divmod(j * d, s)`` per dimension): residue plane ``r`` at offset ``q``.
-    Returns ``x`` as ``[N, g, *in]``, the padded full result's residue planes
-    ``[N, g, cog, *s, *L]`` (one copy of the cotangent, in any layout) with
-    ``L >= q + in`` and ``L * s`` covering the full result, and the offsets per
-    dimension ``qs``.
+    The regrouping of :func:`~.gemm._geometry` (as :func:`~.gemm.im2col` uses it): tap
+    ``j`` reads the full result's cotangent at ``i * s + j * d = (i + a) * s + r``,
+    residue plane ``r`` at offset ``a``. Returns ``x`` as ``[N, g, *in]``, the padded
+    full result's residue planes ``[N, g, cog, *s_eff, *Q]`` (one copy of the
+    cotangent, in any layout), and the geometry.
     """
     n, grp = spec.ndim, spec.groups
     cog = spec.out_channels // grp
-    qs, sizes = _residue_sizes(spec)
+    geo = _geometry(spec)
     xc, gc = x.astype(dtype), g.astype(dtype)
     if spec.channels_last:
         xc, gc = jnp.moveaxis(xc, -1, 1), jnp.moveaxis(gc, -1, 1)
     gc = gc.reshape(spec.batch, grp, cog, *spec.output_size)
-    pads = [(0, 0, 0)] * 3
-    for size, s, o, (lo, hi) in zip(sizes, spec.stride, spec.output_size, spec.crop):
-        pads.append((lo, size * s - (o + lo + hi) + hi, 0))
+    pads = [(0, 0, 0)] * 3 + [(lo, hi, 0) for lo, hi in _spatial_crop(spec, geo, 1)]
     gp = lax.pad(gc, jnp.zeros((), dtype), pads)
-    gp = gp.reshape(
-        spec.batch, grp, cog, *(v for size, s in zip(sizes, spec.stride) for v in (size, s))
-    )
+    gp = gp.reshape(spec.batch, grp, cog, *(v for se, _, q, _ in geo for v in (q, se)))
     perm = [0, 1, 2, *range(4, 3 + 2 * n, 2), *range(3, 3 + 2 * n, 2)]
-    return xc, gp.transpose(perm), sizes, qs
+    return xc, gp.transpose(perm), geo
 
 
-def _tap_residues(spec):
-    """Per tap (row-major over the kernel): its offsets ``q`` and residues ``r``."""
+def _tap_residues(spec, geo):
+    """Per tap (row-major over the kernel): its offsets ``a`` and residues ``r``."""
     return [
-        (
-            [j * d // s for j, s, d in zip(t, spec.stride, spec.dilation)],
-            [j * d % s for j, s, d in zip(t, spec.stride, spec.dilation)],
-        )
+        tuple(zip(*(divmod(j * d, se) for j, d, (se, *_) in zip(t, spec.dilation, geo))))
         for t in np.ndindex(*spec.kernel_size)
     ]
 
@@ -493,12 +485,13 @@ def _weight_grad_dot(x, g, *, spec, preferred_element_type):
     grp = spec.groups
     cog = spec.out_channels // grp
     dtype = out_dtype(jnp.result_type(x.dtype, g.dtype), preferred_element_type)
-    xc, planes, sizes, qs = _residue_planes(x, g, spec, dtype)
-    planes = planes.reshape(spec.batch, grp, cog * math.prod(spec.stride), -1)
-    shifted = []  # X: [N, g, Q, prod(L)]
-    for offs in itertools.product(*(range(q) for q in qs)):
+    xc, planes, geo = _residue_planes(x, g, spec, dtype)
+    strides, offsets = [se for se, *_ in geo], [a for _, a, _, _ in geo]
+    planes = planes.reshape(spec.batch, grp, cog * math.prod(strides), -1)
+    shifted = []  # X: [N, g, prod(A), prod(Q)]
+    for offs in itertools.product(*(range(a) for a in offsets)):
         pads = [(0, 0, 0)] * 2
-        pads += [(o, size - i - o, 0) for o, size, i in zip(offs, sizes, spec.input_size)]
+        pads += [(o, q - i - o, 0) for o, (_, _, q, _), i in zip(offs, geo, spec.input_size)]
         shifted.append(lax.pad(xc, jnp.zeros((), dtype), pads).reshape(spec.batch, grp, -1))
     prods = lax.dot_general(
         jnp.stack(shifted, 2),
@@ -506,11 +499,11 @@ def _weight_grad_dot(x, g, *, spec, preferred_element_type):
         (((3,), (3,)), ((0, 1), (0, 1))),
         precision=lax.Precision.HIGHEST,
         preferred_element_type=jnp.promote_types(dtype, jnp.float32),
-    )  # [N, g, Q, cog * R]
-    prods = prods.sum(0).reshape(grp, math.prod(qs), cog, math.prod(spec.stride))
-    taps = _tap_residues(spec)
-    q_of = np.array([np.ravel_multi_index(q, qs) for q, _ in taps])
-    r_of = np.array([np.ravel_multi_index(r, spec.stride) for _, r in taps])
+    )  # [N, g, prod(A), cog * R]
+    prods = prods.sum(0).reshape(grp, math.prod(offsets), cog, math.prod(strides))
+    taps = _tap_residues(spec, geo)
+    q_of = np.array([np.ravel_multi_index(a, offsets) for a, _ in taps])
+    r_of = np.array([np.ravel_multi_index(r, strides) for _, r in taps])
     wt = prods[:, q_of, :, r_of].reshape(*spec.kernel_size, grp, cog)  # [*k, g, cog]
     return weight_from_channels_last(wt.astype(dtype), spec)
 
@@ -525,9 +518,9 @@ def _weight_grad_loop(x, g, *, spec, preferred_element_type):
     n, grp = spec.ndim, spec.groups
     cog = spec.out_channels // grp
     dtype = out_dtype(jnp.result_type(x.dtype, g.dtype), preferred_element_type)
-    xc, planes, _, _ = _residue_planes(x, g, spec, dtype)
+    xc, planes, geo = _residue_planes(x, g, spec, dtype)
     xc = xc.reshape(spec.batch, grp, 1, *spec.input_size)
-    table = jnp.asarray([r + q for q, r in _tap_residues(spec)], jnp.int32)
+    table = jnp.asarray([r + a for a, r in _tap_residues(spec, geo)], jnp.int32)
     axes = (0, *range(3, n + 3))
 
     def tap(row):
@@ -546,10 +539,10 @@ def _weight_grad_bytes(spec):
     tap) and :func:`_weight_grad_dot` (the padded input per offset, the residue planes)."""
     cog = spec.out_channels // spec.groups
     images = spec.batch * spec.groups
-    qs, sizes = _residue_sizes(spec)
+    geo = _geometry(spec)
     per_tap = math.prod(spec.kernel_size) * images * cog * math.prod(spec.input_size)
-    dot = (math.prod(qs) + cog * math.prod(spec.stride)) * images * math.prod(sizes)
-    return per_tap, dot
+    planes = math.prod(a for _, a, _, _ in geo) + cog * math.prod(se for se, *_ in geo)
+    return per_tap, planes * images * math.prod(q for _, _, q, _ in geo)
 
 
 def weight_grad_elementwise(x, g, *, spec, preferred_element_type):
