@@ -41,6 +41,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+try:
+    import resource
+except ImportError:  # not POSIX: no page-fault counts
+    resource = None
+
 import numpy as np
 
 from .._layout import flipped_kernel
@@ -597,9 +602,7 @@ def _minor_faults() -> int:
     XLA:CPU takes a call's temporaries in one allocation, which glibc maps afresh on
     every call once it passes 32 MiB: every page of it is then faulted in again, and
     the time goes with it (README, *Temporaries over 32 MiB*)."""
-    try:
-        import resource
-    except ImportError:  # not POSIX
+    if resource is None:  # not POSIX
         return 0
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 
