@@ -345,8 +345,8 @@ def candidates(spec: ConvTransposeSpec, dtype) -> tuple[tuple[str, ...], tuple[s
             # im2col'd GEMMs 0.2 s either way), so they are not candidates there.
             if _n_phase_ops(spec) <= 4 * MAX_UNROLLED and batch_chunks(spec, dtype) == 1:
                 grads.append("gemm_phase")
-    if not grads:  # a grouped layer with many taps: the per-tap dots all the same
-        grads = ["convs"]
+    if not grads:  # many taps and no GEMM: the convolutions, the weight gradient as one
+        grads = ["convs"]  # (jaxdeconv._plan._bounded)
     return tuple(fwd), tuple(grads)
 
 
@@ -481,13 +481,14 @@ def _spec_key(spec: ConvTransposeSpec, dtype) -> str:
     return f"{np.dtype(dtype).name}:{spec!r}"
 
 
-def _kernels(fwd: str, grads: str, chunks: int = 1):
-    from ._plan import PhaseKernels
+def _kernels(spec: ConvTransposeSpec, fwd: str, grads: str, chunks: int = 1):
+    from ._plan import PhaseKernels, _bounded
 
     lowering = "gemm" if "gemm" in fwd + grads else "conv"
-    return PhaseKernels(
+    kernels = PhaseKernels(
         lowering, fwd, grads, grads, batch_chunks=chunks if lowering == "gemm" else 1
     )
+    return _bounded(kernels, spec)  # as the plan would run them
 
 
 def kernel_calls(spec: ConvTransposeSpec, dtype, fwd_kernels, grad_kernels) -> dict:
@@ -510,11 +511,11 @@ def kernel_calls(spec: ConvTransposeSpec, dtype, fwd_kernels, grad_kernels) -> d
     chunks = batch_chunks(spec, dtype)
     calls = {}
     for k in fwd_kernels:
-        kern = _kernels(k, grad_kernels[0], chunks)
+        kern = _kernels(spec, k, grad_kernels[0], chunks)
         f = jax.jit(lambda x, w, kern=kern: prims.forward_p.bind(x, w, kernels=kern, **params))
         calls["forward", k] = lambda f=f: jax.block_until_ready(f(x, w))
     for k in grad_kernels:
-        kern = _kernels(fwd_kernels[0], k, chunks)
+        kern = _kernels(spec, fwd_kernels[0], k, chunks)
 
         def both(x, w, g, kern=kern):
             dx = prims.input_grad_p.bind(g, w, kernels=kern, **params)

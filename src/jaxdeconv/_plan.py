@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 
 import jax
 import numpy as np
@@ -43,7 +44,7 @@ ELEMENTWISE_MAX_OUT_PER_GROUP = 4
 ELEMENTWISE_CPU_FORWARD_MAX_OUT_PER_GROUP = 16
 
 FORWARD_KERNELS = ("gemm_cols", "gemm_cols_nhwc", "subpixel", "phase_convs", "elementwise")
-GRAD_KERNELS = ("gemm_cols", "gemm_cols_nhwc", "gemm_phase", "convs", "elementwise")
+GRAD_KERNELS = ("gemm_cols", "gemm_cols_nhwc", "gemm_phase", "convs", "filter_conv", "elementwise")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,7 +62,8 @@ class PhaseKernels:
       input_grad, weight_grad: ``"gemm_cols"`` (from the im2col'd cotangent),
         ``"gemm_cols_nhwc"`` (the same, computed channels-last),
         ``"gemm_phase"`` (the phase convolutions' transposes as GEMMs), ``"convs"``
-        (the strided convolution / one dot per tap) or ``"elementwise"``.
+        (the strided convolution / one dot per tap), ``"filter_conv"`` (the weight
+        gradient as one convolution, past ``MAX_UNROLLED`` taps) or ``"elementwise"``.
       batch_chunks: the GEMM kernels run on this many equal chunks of the batch, one
         after another, so that their buffers stay under ``MAX_COLS_BYTES`` on layers
         too large to run whole (1: the whole batch at once).
@@ -111,6 +113,7 @@ class PhaseKernels:
             "gemm_cols_nhwc": "im2col GEMM grads via NHWC",
             "gemm_phase": "phase GEMM grads",
             "convs": "conv grads",
+            "filter_conv": "filter-conv weight grad",
             "elementwise": "elementwise grads",
         }
         g = grads[self.input_grad]
@@ -214,9 +217,29 @@ def phase_kernels(
 @functools.lru_cache(maxsize=4096)
 def _phase_kernels(spec, dtype, *, backend, on_mesh, strategy, autotune) -> PhaseKernels:
     del autotune  # part of the cache key only
-    kernels = _choose_kernels(spec, dtype, backend=backend, on_mesh=on_mesh, strategy=strategy)
+    kernels = _bounded(
+        _choose_kernels(spec, dtype, backend=backend, on_mesh=on_mesh, strategy=strategy), spec
+    )
     if kernels.lowering == "gemm":
         kernels = dataclasses.replace(kernels, batch_chunks=_cost.batch_chunks(spec, dtype))
+    return kernels
+
+
+def _bounded(kernels: PhaseKernels, spec: ConvTransposeSpec) -> PhaseKernels:
+    """``kernels`` with the ones whose program grows with the phases or the taps replaced
+    past ``MAX_UNROLLED`` of them, so that compile time stays bounded on every backend:
+    the phase convolutions (one slice per phase into the interleave) by the sub-pixel
+    convolution (one convolution, one depth-to-space), the per-tap weight-gradient
+    dots by one convolution (``"filter_conv"``). A 3-d k8 s8 layer (512 taps and
+    phases) on the convolution lowering compiled its forward in 20 s and its weight
+    gradient in 10 s before; a depthwise 3-d k16 s16 one (4096) did not compile its
+    forward in 10 minutes (2026-12-01, this 2-core machine). The elementwise kernels
+    of depthwise-like layers bound themselves (loops over the taps past the bound).
+    """
+    if kernels.forward == "phase_convs" and math.prod(spec.stride) > _cost.MAX_UNROLLED:
+        kernels = dataclasses.replace(kernels, forward="subpixel")
+    if kernels.weight_grad == "convs" and math.prod(spec.kernel_size) > _cost.MAX_UNROLLED:
+        kernels = dataclasses.replace(kernels, weight_grad="filter_conv")
     return kernels
 
 

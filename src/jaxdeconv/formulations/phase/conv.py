@@ -3,7 +3,9 @@
 Forward: one stride-1 convolution per group of output phases
 (:mod:`jaxdeconv._phases`), interleaved (depth-to-space). Input gradient: the
 strided forward convolution. Weight gradient: one dot per tap of the tap's input
-window with its phase's cotangent. Depthwise-like layers (see
+window with its phase's cotangent, or, past ``MAX_UNROLLED`` taps, one convolution
+(:func:`weight_grad_filter_conv`, the strided convolution's filter gradient, so that
+the program does not grow with the taps). Depthwise-like layers (see
 :func:`jaxdeconv._plan.elementwise`): fused elementwise products in spec's own layout.
 XLA's SPMD partitioner splits all of these with halo exchanges, and XLA:GPU hands
 the convolutions to cuDNN.
@@ -19,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from ... import _cost
 from ..._layout import (
     act_from_channels_last,
     act_to_channels_last,
@@ -28,6 +31,7 @@ from ..._layout import (
     weight_to_channels_last,
 )
 from ..._phases import phase_plan
+from ..lax_based import forward_conv
 from .gemm import (
     _apart,
     _cl_spec,
@@ -47,6 +51,7 @@ __all__ = [
     "interleave",
     "weight_grad_convs",
     "weight_grad_elementwise",
+    "weight_grad_filter_conv",
 ]
 
 
@@ -74,6 +79,11 @@ NHWC_MIN_TERMS = 8
 # this many bytes (a 1-d k4 s3 dilation-2 layer of 0.15 ms took 0.29 in the loop).
 WEIGHT_GRAD_DOT_MAX_BYTES = 0.75
 WEIGHT_GRAD_LOOP_MIN_BYTES = 8 << 20
+# The elementwise loops over taps or terms (past MAX_UNROLLED of them) run this many per
+# iteration, which XLA fuses into one pass over the accumulator: a depthwise input
+# gradient of 8x64x32x32, k9 stride 1 (81 taps), 24.6 ms one tap per iteration, 2.7
+# ms at 8, 6.1 ms at 32, 4.0 ms unrolled (2026-12-01, this 2-core machine).
+UNROLL = 8
 
 
 def interleave(outs, spec, dtype, *, native=False):
@@ -289,7 +299,9 @@ def _forward_upsampled(x, w, dims, *, spec, preferred_element_type):
     pattern that repeats with the stride (phase ``p`` of the output gets its own tap's
     weight). XLA fuses the whole sum into one loop that writes the output once; the
     per-phase sums and a depth-to-space ran 1.7x slower (depthwise.bilinear, 4.8
-    against 2.8 ms). ``[N, g, 1, *up] * [g, cog, *out]`` channels-first.
+    against 2.8 ms). ``[N, g, 1, *up] * [g, cog, *out]`` channels-first. Past
+    ``MAX_UNROLLED`` terms (large stride-1 kernels) they are added in a loop,
+    :data:`UNROLL` per iteration (fused as one), so that the program stays bounded.
     """
     n, g = spec.ndim, spec.groups
     cog = spec.out_channels // g
@@ -325,6 +337,8 @@ def _forward_upsampled(x, w, dims, *, spec, preferred_element_type):
         table = np.array([[t if t >= 0 else k for t in taps[term[a]]] for term in terms])
         index[kax[a]] = table.reshape(len(terms), *(-1 if b == a else 1 for b in range(n)))
     pats = wz[tuple(index)]
+    if not cl:
+        pats = jnp.moveaxis(pats, 2, 0)  # one pattern per term: [T, g, cog, *s]
     q = [-(-o // s) for o, s in zip(spec.output_size, spec.stride)]
     rep = [v for qi, s in zip(q, spec.stride) for v in (qi, s)]
     full = [qi * s for qi, s in zip(q, spec.stride)]
@@ -335,7 +349,6 @@ def _forward_upsampled(x, w, dims, *, spec, preferred_element_type):
             (*full, g, cog),
             (),
         )
-        pats = list(pats)
     else:
         rep, dims_in, full, crop = (
             (g, cog, *rep),
@@ -343,20 +356,62 @@ def _forward_upsampled(x, w, dims, *, spec, preferred_element_type):
             (g, cog, *full),
             (slice(None),) * 2,
         )
-        pats = [pats[:, :, t] for t in range(len(terms))]
-    acc = None
-    for pat, term in zip(pats, terms):
+
+    def product(pat, starts):
         pat = lax.broadcast_in_dim(pat, rep, dims_in).reshape(full)
         pat = pat[(*crop, *(slice(0, o) for o in spec.output_size))]
-        window = [slice(None)] * xu.ndim
-        for ax, (_, _, offsets, _), o in zip(sp, dims, spec.output_size):
-            window[ax] = slice(offsets[term[sp.index(ax)]], offsets[term[sp.index(ax)]] + o)
-        term_ = xu[tuple(window)] * pat
-        acc = term_ if acc is None else acc + term_
+        size = list(xu.shape)
+        for ax, o in zip(sp, spec.output_size):
+            size[ax] = o
+        return lax.dynamic_slice(xu, starts, size) * pat
+
+    def starts(term):
+        at = [0] * xu.ndim
+        for ax, (_, _, offsets, _) in zip(sp, dims):
+            at[ax] = offsets[term[sp.index(ax)]]
+        return at
+
+    if len(terms) <= _cost.MAX_UNROLLED:
+        acc = None
+        for t, term in enumerate(terms):
+            term_ = product(pats[t], starts(term))
+            acc = term_ if acc is None else acc + term_
+    else:  # a loop over the terms, UNROLL at a time: the program does not grow with them
+        table = jnp.asarray([starts(t) for t in terms], jnp.int32)
+
+        def body(t, acc):
+            return acc + product(pats[t], tuple(table[t]))
+
+        zero = jnp.zeros(jax.eval_shape(product, pats[0], tuple(table[0])).shape, dtype)
+        acc = lax.fori_loop(0, len(terms), body, zero, unroll=UNROLL)
     shape = (
         (spec.batch, *spec.output_size, g * cog) if cl else (spec.batch, g * cog, *spec.output_size)
     )
     return acc.reshape(shape)
+
+
+def _upsampled_dims(spec, plan):
+    return [
+        _upsampled_terms(phases, i, s, o)
+        for phases, i, s, o in zip(plan.phases, spec.input_size, spec.stride, spec.output_size)
+    ]
+
+
+def _forward_form(spec, plan=None, dims=None):
+    """Which form :func:`forward_elementwise` runs: ``"upsampled"`` or ``"per_phase"``.
+
+    The per-phase form's program has a term per tap and a slice per phase; past
+    ``MAX_UNROLLED`` of either the up-sampled form runs (whose terms are added in a loop
+    past ``MAX_UNROLLED`` of them), so that the program stays bounded.
+    """
+    plan = plan if plan is not None else phase_plan(spec, 0.0)
+    dims = dims if dims is not None else _upsampled_dims(spec, plan)
+    products = math.prod(len(d[2]) * s for d, s in zip(dims, spec.stride))
+    taps = math.prod(sum(len(ph.taps) for ph in phases) for phases in plan.phases)
+    overlap = any(len(ph.taps) > 1 for phases in plan.phases for ph in phases)
+    if max(taps, math.prod(spec.stride)) > _cost.MAX_UNROLLED:
+        return "upsampled"
+    return "upsampled" if overlap and products <= UPSAMPLED_MAX_WASTE * taps else "per_phase"
 
 
 def forward_elementwise(x, w, *, spec, preferred_element_type, nhwc=False):
@@ -368,23 +423,18 @@ def forward_elementwise(x, w, *, spec, preferred_element_type, nhwc=False):
     phase, so when phases have unequal or offset taps, e.g. dilation 2 with stride 2,
     most of its products are by zero); else per phase (:func:`_forward_per_phase`),
     which without overlap is one product per output too, and ran faster (k2 s2:
-    0.6-0.9 against 0.7-1.2 ms). With ``nhwc`` (one CPU device) a channels-first layer
-    whose last axis is strided and whose terms number :data:`NHWC_MIN_TERMS` or more
-    is up-sampled channels-last, the input and the output transposed around it
-    (:func:`~.gemm._apart`): channels-first the fused loop runs along the interleaved
-    last axis one scalar at a time, about 0.3 ns per output and term here,
-    channels-last along the channels, vectorized, and the transposes cost about
-    1-2.5 ns per output.
+    0.6-0.9 against 0.7-1.2 ms); up-sampled also where the per-phase program would
+    pass ``MAX_UNROLLED`` taps or phases (:func:`_forward_form`). With ``nhwc`` (one
+    CPU device) a channels-first layer whose last axis is strided and whose terms
+    number :data:`NHWC_MIN_TERMS` or more is up-sampled channels-last, the input and
+    the output transposed around it (:func:`~.gemm._apart`): channels-first the fused
+    loop runs along the interleaved last axis one scalar at a time, about 0.3 ns per
+    output and term here, channels-last along the channels, vectorized, and the
+    transposes cost about 1-2.5 ns per output.
     """
     plan = phase_plan(spec, 0.0)
-    dims = [
-        _upsampled_terms(phases, i, s, o)
-        for phases, i, s, o in zip(plan.phases, spec.input_size, spec.stride, spec.output_size)
-    ]
-    products = math.prod(len(d[2]) * s for d, s in zip(dims, spec.stride))
-    taps = math.prod(sum(len(ph.taps) for ph in phases) for phases in plan.phases)
-    overlap = any(len(ph.taps) > 1 for phases in plan.phases for ph in phases)
-    if overlap and products <= UPSAMPLED_MAX_WASTE * taps:
+    dims = _upsampled_dims(spec, plan)
+    if _forward_form(spec, plan, dims) == "upsampled":
         terms = math.prod(len(d[2]) for d in dims)
         if nhwc and not spec.channels_last and spec.stride[-1] > 1 and terms >= NHWC_MIN_TERMS:
             y = _forward_upsampled(
@@ -420,6 +470,11 @@ def _tap_slices(g, spec):
 
 
 def input_grad_elementwise(g, w, *, spec, preferred_element_type):
+    """Depthwise-like input gradient: a fused sum over taps of the cotangent's slice
+    times the tap's weights, summed over each group's outputs; past ``MAX_UNROLLED``
+    taps a loop over them (:func:`_input_grad_loop`)."""
+    if math.prod(spec.kernel_size) > _cost.MAX_UNROLLED:
+        return _input_grad_loop(g, w, spec=spec, preferred_element_type=preferred_element_type)
     n = spec.ndim
     dtype = out_dtype(jnp.result_type(g.dtype, w.dtype), preferred_element_type)
     wt = weight_to_channels_last(w.astype(dtype), spec)  # [*k, g, cog]
@@ -451,18 +506,57 @@ def _residue_planes(x, g, spec, dtype):
     full result's residue planes ``[N, g, cog, *s_eff, *Q]`` (one copy of the
     cotangent, in any layout), and the geometry.
     """
+    xc = x.astype(dtype)
+    if spec.channels_last:
+        xc = jnp.moveaxis(xc, -1, 1)
+    planes, geo = _cotangent_planes(g, spec, dtype)
+    return xc, planes, geo
+
+
+def _cotangent_planes(g, spec, dtype):
+    """The padded full result's residue planes of ``g``, ``[N, g, cog, *s_eff, *Q]``,
+    and the geometry (see :func:`_residue_planes`)."""
     n, grp = spec.ndim, spec.groups
     cog = spec.out_channels // grp
     geo = _geometry(spec)
-    xc, gc = x.astype(dtype), g.astype(dtype)
+    gc = g.astype(dtype)
     if spec.channels_last:
-        xc, gc = jnp.moveaxis(xc, -1, 1), jnp.moveaxis(gc, -1, 1)
+        gc = jnp.moveaxis(gc, -1, 1)
     gc = gc.reshape(spec.batch, grp, cog, *spec.output_size)
     pads = [(0, 0, 0)] * 3 + [(lo, hi, 0) for lo, hi in _spatial_crop(spec, geo, 1)]
     gp = lax.pad(gc, jnp.zeros((), dtype), pads)
     gp = gp.reshape(spec.batch, grp, cog, *(v for se, _, q, _ in geo for v in (q, se)))
     perm = [0, 1, 2, *range(4, 3 + 2 * n, 2), *range(3, 3 + 2 * n, 2)]
-    return xc, gp.transpose(perm), geo
+    return gp.transpose(perm), geo
+
+
+def _tap_table(spec, geo):
+    """Per tap (row-major over the kernel), where its window of the residue planes
+    starts: ``(*r, *a)``, as a device array for a loop to index."""
+    return jnp.asarray([r + a for a, r in _tap_residues(spec, geo)], jnp.int32)
+
+
+def _input_grad_loop(g, w, *, spec, preferred_element_type):
+    """Depthwise-like input gradient, one tap per iteration of a loop: the tap's window
+    of the cotangent's residue planes (:func:`_cotangent_planes`) times its weights,
+    summed over each group's outputs and accumulated. The program does not grow with
+    the taps."""
+    n, grp = spec.ndim, spec.groups
+    cog = spec.out_channels // grp
+    dtype = out_dtype(jnp.result_type(g.dtype, w.dtype), preferred_element_type)
+    planes, geo = _cotangent_planes(g, spec, dtype)
+    wt = weight_to_channels_last(w.astype(dtype), spec).reshape(-1, grp, cog, *(1,) * n)
+    table = _tap_table(spec, geo)
+    size = (*planes.shape[:3], *(1,) * n, *spec.input_size)
+
+    def body(t, acc):
+        start = (jnp.zeros((), jnp.int32),) * 3 + tuple(table[t])
+        window = lax.dynamic_slice(planes, start, size).reshape(*size[:3], *spec.input_size)
+        return acc + (window * wt[t]).sum(2)
+
+    zero = jnp.zeros((spec.batch, grp, *spec.input_size), dtype)
+    dx = lax.fori_loop(0, table.shape[0], body, zero, unroll=UNROLL)
+    return jnp.moveaxis(dx, 1, -1) if spec.channels_last else dx
 
 
 def _tap_residues(spec, geo):
@@ -520,7 +614,7 @@ def _weight_grad_loop(x, g, *, spec, preferred_element_type):
     dtype = out_dtype(jnp.result_type(x.dtype, g.dtype), preferred_element_type)
     xc, planes, geo = _residue_planes(x, g, spec, dtype)
     xc = xc.reshape(spec.batch, grp, 1, *spec.input_size)
-    table = jnp.asarray([r + a for a, r in _tap_residues(spec, geo)], jnp.int32)
+    table = _tap_table(spec, geo)
     axes = (0, *range(3, n + 3))
 
     def tap(row):
@@ -577,12 +671,14 @@ def weight_grad_elementwise(x, g, *, spec, preferred_element_type):
 
 def _weight_grad_form(spec, itemsize):
     """Which form :func:`weight_grad_elementwise` runs: ``"dot"``, ``"loop"`` or
-    ``"per_tap"``."""
+    ``"per_tap"`` (never past ``MAX_UNROLLED`` taps: the program would grow with them)."""
     per_tap, dot = _weight_grad_bytes(spec)
-    if dot <= WEIGHT_GRAD_DOT_MAX_BYTES * per_tap:
+    offsets = math.prod(a for _, a, _, _ in _geometry(spec))  # the dot's copies of x
+    if dot <= WEIGHT_GRAD_DOT_MAX_BYTES * per_tap and offsets <= _cost.MAX_UNROLLED:
         return "dot"
-    overlap = math.prod(spec.kernel_size) > math.prod(spec.stride)
-    if overlap and per_tap * itemsize >= WEIGHT_GRAD_LOOP_MIN_BYTES:
+    taps = math.prod(spec.kernel_size)
+    overlap = taps > math.prod(spec.stride)
+    if (overlap and per_tap * itemsize >= WEIGHT_GRAD_LOOP_MIN_BYTES) or taps > _cost.MAX_UNROLLED:
         return "loop"
     return "per_tap"
 
@@ -653,3 +749,25 @@ def weight_grad_convs(x, g, *, spec, precision, preferred_element_type):
     flat = [taps.get(t, zero).astype(dtype) for t in np.ndindex(*spec.kernel_size)]
     wc = jnp.stack(flat).reshape(*spec.kernel_size, spec.in_channels, cog)
     return weight_from_channels_last(wc, spec)
+
+
+def weight_grad_filter_conv(x, g, *, spec, precision, preferred_element_type):
+    """Transpose in ``w`` as one convolution: the filter gradient of the strided forward
+    convolution (the one :func:`input_grad_convs` runs).
+
+    ``<conv_transpose(x, w), g> = <x, forward_conv(g, w)>``, so ``dw`` is
+    ``forward_conv(g, .)`` transposed, applied to ``x``: one convolution whatever the
+    number of taps (what cuDNN's backward-filter kernel computes; XLA:CPU runs it far
+    slower than the per-tap dots, so the plan takes it only past ``MAX_UNROLLED`` taps,
+    where the per-tap program would grow without bound).
+    """
+    # Computed in the result's dtype: JAX transposes a convolution in its operands' dtype,
+    # so with ``preferred_element_type`` the operands are cast up to it first.
+    dtype = out_dtype(jnp.result_type(x.dtype, g.dtype), preferred_element_type)
+    w_aval = jax.ShapeDtypeStruct(spec.weight_shape, dtype)
+
+    def forward(w):
+        return forward_conv(g.astype(dtype), w, spec, precision=precision)
+
+    (dw,) = jax.linear_transpose(forward, w_aval)(x.astype(dtype))
+    return dw

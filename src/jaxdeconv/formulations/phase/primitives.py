@@ -46,6 +46,7 @@ import numpy as np
 from jax.extend.core import Primitive
 from jax.interpreters import ad, batching, mlir
 
+from ... import _cost
 from ..._plan import PhaseKernels, on_several_devices, phase_kernels
 from ..._split import by_batch, by_group
 from . import conv, gemm, subpixel
@@ -94,6 +95,10 @@ def _forward_impl(x, w, *, spec, kernels, precision, preferred_element_type):
             [(x, "act"), (w, "weight")],
             "act",
         )
+    if kernels.forward == "subpixel" and (
+        kernels.lowering == "conv" or spec.groups > _cost.MAX_UNROLLED  # grouped as it is
+    ):
+        return subpixel.forward(x, w, spec=spec, fold_leading=kernels.fold_leading, **kw)
     if kernels.forward == "subpixel":  # no buffer larger than the output
         return by_group(
             lambda x, w, sub: subpixel.forward(
@@ -157,6 +162,8 @@ def _weight_grad_impl(x, g, *, spec, kernels, precision, preferred_element_type)
     kw = dict(spec=spec, preferred_element_type=preferred_element_type)
     if kind == "elementwise":
         return conv.weight_grad_elementwise(x, g, **kw)
+    if kind == "filter_conv":
+        return conv.weight_grad_filter_conv(x, g, precision=precision, **kw)
     return conv.weight_grad_convs(x, g, precision=precision, **kw)
 
 
