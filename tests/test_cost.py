@@ -119,6 +119,48 @@ def test_calibration_round_trip(cache):
     assert _cost.machine() == _cost.DEFAULT_MACHINE
 
 
+def test_calibration_scales_the_fitted_figures():
+    """On the machine the figures were fitted on, calibrating gives them back; elsewhere
+    each rate scales by the ratio of its measurement, so the model's fitted balance
+    (GEMM against convolution against bandwidth) is kept, not replaced by raw numbers
+    (which made the forward picks up to 9x slower than the fastest kernel here)."""
+    d = _cost.DEFAULT_MACHINE
+    same = _cost._scaled(dict(_cost.REFERENCE), "test")
+    for field in ("gemm_peak", "gemm_half", "conv_peak", "conv_half", "bandwidth", "overhead"):
+        assert getattr(same, field) == pytest.approx(getattr(d, field))
+    faster = _cost._scaled({**_cost.REFERENCE, "gemm": 2 * _cost.REFERENCE["gemm"]}, "test")
+    assert faster.gemm_peak == pytest.approx(2 * d.gemm_peak)
+    assert (faster.conv_peak, faster.bandwidth) == pytest.approx((d.conv_peak, d.bandwidth))
+    assert (faster.gemm_half, faster.scalar_rate) == (d.gemm_half, d.scalar_rate)
+    slow_calls = _cost._scaled({**_cost.REFERENCE, "call": 1.0}, "test")  # capped at 50 us
+    assert slow_calls.overhead == pytest.approx(d.overhead * 50e-6 / _cost.REFERENCE["call"])
+
+
+def test_convolution_forward_kernels_need_a_margin(monkeypatch):
+    """A convolution forward kernel wins only when estimated CONV_MARGIN faster than the
+    GEMM kernels (XLA:CPU's convolutions have a heavy tail the model does not see)."""
+    spec = make_spec((16, 128, 16, 16), (128, 64, 4, 4), 2, 1)
+    fwd_c, _ = _cost.candidates(spec, np.float32)
+    assert "subpixel" in fwd_c and "gemm_cols" in fwd_c
+
+    def made_up(ratio):
+        def estimate(spec, dtype, kernel, which, m_):
+            if which == "grads":
+                return 1.0
+            return (
+                ratio
+                if kernel in ("subpixel", "phase_convs")
+                else (1.0 if kernel == "gemm_cols" else 2.0)
+            )
+
+        return estimate
+
+    monkeypatch.setattr(_cost, "estimate", made_up(0.95))  # 5% faster: not enough
+    assert _cost.choose(spec, np.float32)[0] == "gemm_cols"
+    monkeypatch.setattr(_cost, "estimate", made_up(0.85))
+    assert _cost.choose(spec, np.float32)[0] == "subpixel"
+
+
 def test_measured_mode_writes_and_reuses_the_cache(cache, monkeypatch):
     spec = make_spec((2, 8, 6, 6), (8, 4, 4, 4), 2, 1)
     with _cost.autotune():
