@@ -14,12 +14,13 @@ GEMM's (or XLA's stride-1 convolution's) rate and ``ops`` the kernels' op count
 (per-tap dots in the convolution gradients). GEMM + col2im adds its overlap-add's
 ``elements * shifts / (scalar_rate * lanes)`` (:func:`_overlap_add`).
 
-The machine figures are built-in defaults (measured on the project's 2-core CPU)
-unless :func:`calibrate` was run once on this machine: it measures a few GEMMs, a
-convolution and a copy and caches the figures on disk (:func:`cache_dir`,
-``$JAXDECONV_CACHE_DIR`` or ``~/.cache/jaxdeconv``) in a file keyed by the machine,
-the jax/jaxlib versions and the device kind (:func:`machine_key`). Nothing is ever
-measured implicitly.
+The machine figures are built-in defaults (fitted on the project's 2-core CPU)
+unless :func:`calibrate` was run once on this machine: it measures a GEMM, a
+convolution, a copy and a tiny call, scales the defaults by their ratios to the same
+measurements on the fitting machine (:data:`REFERENCE`) and caches the figures on
+disk (:func:`cache_dir`, ``$JAXDECONV_CACHE_DIR`` or ``~/.cache/jaxdeconv``) in a file
+keyed by the machine, the jax/jaxlib versions and the device kind
+(:func:`machine_key`). Nothing is ever measured implicitly.
 
 Measured mode (opt-in, like cuDNN's benchmark mode): with ``JAXDECONV_AUTOTUNE=1``
 in the environment or inside ``with autotune():``, the planner times the candidate
