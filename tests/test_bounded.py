@@ -27,7 +27,13 @@ FAMILIES = {
     "depthwise 2-d stride 1": ((1, 4, 12, 12), (4, 1), lambda k: dict(padding=k // 2, groups=4)),
     "depthwise 2-d k=2s": ((1, 3, 6, 6), (3, 1), lambda k: dict(stride=k // 2, groups=3)),
 }
-SIZES = {"dense 3-d k=s": (4, 16), "depthwise 3-d k=s": (4, 16)}
+# per family: a kernel past the bound (MAX_UNROLLED taps or phases), and a far larger one
+SIZES = {
+    "dense 3-d k=s": (8, 16),
+    "depthwise 3-d k=s": (8, 16),
+    "depthwise 2-d stride 1": (9, 31),
+    "depthwise 2-d k=2s": (15, 31),
+}
 
 
 def _spec(family, k):
@@ -61,16 +67,16 @@ def _lines(spec, kernels):
 @pytest.mark.parametrize("backend", ["cpu", "gpu"])
 @pytest.mark.parametrize("family", list(FAMILIES))
 def test_program_size_does_not_grow_with_the_taps(family, backend):
-    """From a few taps to hundreds or thousands, the programs stay within a constant
-    (k16 s16 in 3-d is a case from PyTorch's own tests: 4096 taps and phases)."""
-    small, big = SIZES.get(family, (3, 15))
+    """Past the bound, from hundreds to thousands of taps, the programs stay the same
+    size (3-d k16 s16 is a case from PyTorch's own tests: 4096 taps and phases). The
+    per-tap and per-phase programs they replace grew to 2600-6800 lines at 512 taps."""
     sizes = []
-    for k in (small, big):
+    for k in SIZES[family]:
         spec = _spec(family, k)
-        kernels = phase_kernels(spec, np.float32, backend=backend)
-        sizes.append(_lines(spec, kernels))
-    assert math.prod(_spec(family, big).kernel_size) > _cost.MAX_UNROLLED
-    assert sizes[1] < 2 * sizes[0] + 200, sizes
+        assert math.prod(spec.kernel_size) > _cost.MAX_UNROLLED
+        sizes.append(_lines(spec, phase_kernels(spec, np.float32, backend=backend)))
+    assert sizes[1] <= 1.1 * sizes[0] + 50, sizes
+    assert max(sizes) < 1000, sizes
 
 
 def test_plan_bounds_the_convolution_kernels():
@@ -152,3 +158,38 @@ def test_filter_conv_keeps_low_precision_and_preferred_element_type(rng):
     assert dw.dtype == jnp.float32
     ref = conv.weight_grad_convs(x, g, preferred_element_type=jnp.float32, **kw)
     np.testing.assert_allclose(np.asarray(dw), np.asarray(ref), rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("cl", [False, True], ids=["cf", "cl"])
+def test_depthwise_forward_form_keeps_live_phases(cl, monkeypatch, rng):
+    """Past MAX_UNROLLED taps the per-phase depthwise forward loops over each live phase's
+    taps and runs with up to PER_PHASE_MAX_LOOPS live phases (dilation 2, stride 4: 8 of
+    64 phases live, where the up-sampled terms multiply 8x as many products); with more
+    live phases, or past MAX_UNROLLED phases, the up-sampled form."""
+    dilated = make_spec((1, 2, 3, 3, 3), (2, 1, 8, 8, 8), 4, 0, 1, 2, 2)
+    assert math.prod(dilated.kernel_size) > _cost.MAX_UNROLLED
+    assert conv._forward_form(dilated) == "per_phase"
+    assert conv._forward_form(_spec("depthwise 2-d k=2s", 15)) == "upsampled"  # 49 live
+    assert conv._forward_form(_spec("depthwise 3-d k=s", 16)) == "upsampled"  # 4096 phases
+    x, w = rng.standard_normal(dilated.input_shape), rng.standard_normal(dilated.weight_shape)
+    want = numpy_reference(x, w, dilated)
+    if cl:
+        x, w, want = (
+            np.moveaxis(x, 1, -1),
+            np.moveaxis(w, (0, 1), (-2, -1)),
+            np.moveaxis(want, 1, -1),
+        )
+        dilated = make_spec(x.shape, w.shape, 4, 0, 1, 2, 2, channels_last=True)
+    taken = []
+    real = conv._forward_per_phase
+    monkeypatch.setattr(
+        conv, "_forward_per_phase", lambda *a, **k: taken.append(1) or real(*a, **k)
+    )
+    with jax.enable_x64(True):
+        y = conv.forward_elementwise(
+            jnp.asarray(x), jnp.asarray(w), spec=dilated, preferred_element_type=None
+        )
+    assert taken
+    np.testing.assert_allclose(
+        np.asarray(y), numpy_reference(x, w, dilated), rtol=1e-10, atol=1e-10
+    )
