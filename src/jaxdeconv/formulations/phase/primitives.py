@@ -46,7 +46,6 @@ import numpy as np
 from jax.extend.core import Primitive
 from jax.interpreters import ad, batching, mlir
 
-from ... import _cost
 from ..._plan import PhaseKernels, on_several_devices, phase_kernels
 from ..._split import by_batch, by_group
 from . import conv, gemm, subpixel
@@ -95,9 +94,7 @@ def _forward_impl(x, w, *, spec, kernels, precision, preferred_element_type):
             [(x, "act"), (w, "weight")],
             "act",
         )
-    if kernels.forward == "subpixel" and (
-        kernels.lowering == "conv" or spec.groups > _cost.MAX_UNROLLED  # grouped as it is
-    ):
+    if kernels.forward == "subpixel" and kernels.lowering == "conv":  # grouped as it is
         return subpixel.forward(x, w, spec=spec, fold_leading=kernels.fold_leading, **kw)
     if kernels.forward == "subpixel":  # no buffer larger than the output
         return by_group(
