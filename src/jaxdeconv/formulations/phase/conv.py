@@ -80,8 +80,8 @@ NHWC_MIN_TERMS = 8
 WEIGHT_GRAD_DOT_MAX_BYTES = 0.75
 WEIGHT_GRAD_LOOP_MIN_BYTES = 8 << 20
 # Past MAX_UNROLLED taps the per-phase depthwise forward loops over each live phase's
-# taps; it then runs only with this many live phases or fewer (each loop is program of
-# its own), where the up-sampled form would multiply many zeros: a 3-d k8 s4 dilation-2
+# taps; it then runs only with this many live phases or fewer (each loop is a part of
+# the program), where the up-sampled form would multiply many zeros: a 3-d k8 s4 dilation-2
 # layer (512 taps, 8 live phases of 64) ran 1.2-1.5 ms per phase against 4.5 up-sampled.
 PER_PHASE_MAX_LOOPS = 8
 # The elementwise loops over taps or terms (past MAX_UNROLLED of them) run this many per
