@@ -571,6 +571,14 @@ def _tap_table(spec, geo):
     return jnp.asarray([r + a for a, r in _tap_residues(spec, geo)], jnp.int32)
 
 
+def _tap_window(planes, row, spec):
+    """Tap ``row``'s window (:func:`_tap_table`) of the residue planes: ``[N, g, cog, *in]``."""
+    zero = jnp.zeros((), jnp.int32)
+    size = (*planes.shape[:3], *(1,) * spec.ndim, *spec.input_size)
+    window = lax.dynamic_slice(planes, (zero,) * 3 + tuple(row), size)
+    return window.reshape(*planes.shape[:3], *spec.input_size)
+
+
 def _input_grad_loop(g, w, *, spec, preferred_element_type):
     """Depthwise-like input gradient, one tap per iteration of a loop: the tap's window
     of the cotangent's residue planes (:func:`_cotangent_planes`) times its weights,
@@ -582,12 +590,9 @@ def _input_grad_loop(g, w, *, spec, preferred_element_type):
     planes, geo = _cotangent_planes(g, spec, dtype)
     wt = weight_to_channels_last(w.astype(dtype), spec).reshape(-1, grp, cog, *(1,) * n)
     table = _tap_table(spec, geo)
-    size = (*planes.shape[:3], *(1,) * n, *spec.input_size)
 
     def body(t, acc):
-        start = (jnp.zeros((), jnp.int32),) * 3 + tuple(table[t])
-        window = lax.dynamic_slice(planes, start, size).reshape(*size[:3], *spec.input_size)
-        return acc + (window * wt[t]).sum(2)
+        return acc + (_tap_window(planes, table[t], spec) * wt[t]).sum(2)
 
     zero = jnp.zeros((spec.batch, grp, *spec.input_size), dtype)
     dx = lax.fori_loop(0, table.shape[0], body, zero, unroll=UNROLL)
@@ -653,11 +658,7 @@ def _weight_grad_loop(x, g, *, spec, preferred_element_type):
     axes = (0, *range(3, n + 3))
 
     def tap(row):
-        zero = jnp.zeros((), jnp.int32)
-        window = lax.dynamic_slice(
-            planes, (zero,) * 3 + tuple(row), (*planes.shape[:3], *(1,) * n, *spec.input_size)
-        )
-        return (xc * window.reshape(*xc.shape[:2], cog, *spec.input_size)).sum(axes)
+        return (xc * _tap_window(planes, row, spec)).sum(axes)
 
     wt = lax.map(tap, table).reshape(*spec.kernel_size, grp, cog)
     return weight_from_channels_last(wt, spec)
