@@ -182,6 +182,33 @@ def test_random_layers_draws_layers_jaxdeconv_and_torch_accept():
     assert set(t) == {f"{v} {m}" for v in ("auto", "torch") for m in ("fwd", "fwd+bwd")}
 
 
+def test_real_layers_are_the_models_layers(capsys, monkeypatch):
+    """benchmarks/real_layers.py's held-out layers are valid (jaxdeconv's argument checks
+    accept them and torch gives the output shape jaxdeconv plans), none is a suite layer,
+    and ``--list`` names them all."""
+    import importlib.util
+    from pathlib import Path
+
+    import torch
+
+    path = Path(__file__).parent.parent / "benchmarks" / "real_layers.py"
+    spec = importlib.util.spec_from_file_location("real_layers", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    assert len(mod.LAYERS) >= 15 and not set(mod.LAYERS) & set(_bench.SUITE)
+    suite = {(la.spec().input_shape, la.spec().weight_shape) for la in _bench.SUITE.values()}
+    for name, (_, _, xs, ws, kw) in mod.LAYERS.items():
+        layer_spec = make_spec(xs, ws, **kw)
+        assert (xs, ws) not in suite, name
+        fn = getattr(torch.nn.functional, f"conv_transpose{len(xs) - 2}d")
+        y = fn(torch.zeros(xs), torch.zeros(ws), **kw)
+        assert tuple(y.shape) == layer_spec.output_shape, name
+    monkeypatch.setattr("sys.argv", ["real_layers.py", "--list"])
+    mod.main()
+    out = capsys.readouterr().out
+    assert all(name in out for name in mod.LAYERS)
+
+
 def test_kernel_picks_times_and_scores_every_candidate():
     """benchmarks/kernel_picks.py times every candidate kernel of a layer (both im2col
     GEMM layouts included) and scores the cost model's pick against the fastest."""

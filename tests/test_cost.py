@@ -54,7 +54,7 @@ def test_plan_says_why():
 def test_estimates_are_positive_and_every_candidate_is_costed():
     spec = make_spec((8, 64, 16, 16), (64, 32, 3, 3), 2, 1, 1)
     fwd, grads = _cost.candidates(spec, np.float32)
-    assert fwd == ("gemm_cols", "gemm_cols_nhwc", "subpixel", "phase_convs")
+    assert fwd == ("gemm_cols", "gemm_cols_nhwc", "gemm_cols_batched", "subpixel", "phase_convs")
     assert grads == ("gemm_cols", "gemm_cols_nhwc", "convs", "gemm_phase")
     for which, kinds in (("forward", fwd), ("grads", grads)):
         for kind in kinds:
@@ -65,7 +65,7 @@ def test_many_taps_take_no_unrolled_kernel():
     """Kernels that unroll per tap or per phase are no candidates for 4096 taps."""
     spec = make_spec((1, 2, 4, 4, 4), (2, 2, 16, 16, 16), 16)
     fwd, grads = _cost.candidates(spec, np.float32)
-    assert fwd == ("gemm_cols", "gemm_cols_nhwc", "subpixel")
+    assert fwd == ("gemm_cols", "gemm_cols_nhwc", "gemm_cols_batched", "subpixel")
     assert grads == ("gemm_cols", "gemm_cols_nhwc")
 
 
@@ -82,17 +82,42 @@ def test_interleaving_col2im_goes_channels_last():
     stride_1_last = make_spec((8, 64, 32, 32), (64, 32, 3, 3), (2, 1), 1, (1, 0))
     cl = dataclasses.replace(dilated, channels_last=True)
     for spec, nhwc in ((dilated, True), (unet, False), (stride_1_last, False)):
-        assert _cost.cols_kernel(spec, np.float32, "forward") == (
-            "gemm_cols_nhwc" if nhwc else "gemm_cols"
-        ), spec
+        picked = _cost.cols_kernel(spec, np.float32, "forward")
+        assert (picked == "gemm_cols_nhwc") == nhwc, (picked, spec)
     # the charge itself: scalar channels-first when the last axis interleaves, by the
     # lanes of C_out channels-last
     assert _cost._overlap_add(dilated, False, m_) == 8 * _cost._overlap_add(dilated, True, m_)
     assert _cost._overlap_add(stride_1_last, False, m_) == _cost._overlap_add(
         stride_1_last, True, m_
     )
-    assert _cost.cols_kernels(cl) == ("gemm_cols",)
+    assert _cost.cols_kernels(cl) == _cost.forward_cols_kernels(cl) == ("gemm_cols",)
     assert "gemm_cols_nhwc" not in _cost.candidates(cl, np.float32)[0]
+
+
+def test_one_gemm_per_image_where_the_input_outweighs_the_weight():
+    """A channels-first forward runs one GEMM per image ("gemm_cols_batched": the input
+    read where it lies, the weight broadcast to every image) where the input is large
+    and the weight small (Conv-TasNet's decoder, 512 -> 1 at 3999 frames: 26.7 ms as
+    one GEMM after the input's [C, N, L] copy, 4.8 ms per image), and not where the
+    weight dwarfs the input (a 1x1 latent of 64 images: 140x slower per image) or for a
+    single image (no copy to save). Channels-last inputs are already read in place."""
+    pick = lambda spec: _cost.cols_kernel(spec, np.float32, "forward")  # noqa: E731
+    tasnet = make_spec((4, 512, 3999), (512, 1, 16), 8)
+    latent = make_spec((64, 100, 1, 1), (100, 512, 4, 4), 1)
+    assert pick(tasnet) == _cost.choose(tasnet, np.float32)[0] == "gemm_cols_batched"
+    assert pick(latent) != "gemm_cols_batched"
+    one = dataclasses.replace(tasnet, batch=1)
+    m_ = _cost.DEFAULT_MACHINE
+    est = {
+        k: _cost.estimate(one, np.float32, k, "forward", m_)
+        for k in ("gemm_cols", "gemm_cols_batched")
+    }
+    assert est["gemm_cols_batched"] >= est["gemm_cols"]
+    cl = dataclasses.replace(tasnet, channels_last=True)
+    assert "gemm_cols_batched" not in _cost.candidates(cl, np.float32)[0]
+    assert jaxdeconv.plan(
+        jnp.zeros(tasnet.input_shape), jnp.zeros(tasnet.weight_shape), stride=8
+    ).label.startswith("phase: GEMM+col2im per image")
 
 
 def test_key_changes_with_the_device_kind_and_versions(monkeypatch):

@@ -63,6 +63,7 @@ __all__ = [
     "cols_kernel",
     "cols_kernels",
     "estimate",
+    "forward_cols_kernels",
     "gemm_applies",
     "kernel_calls",
     "machine",
@@ -105,6 +106,16 @@ TIE = 0.05
 # worst 9.1x -> 1.036/1.061/1.111/1.091x, worst 2.9x.
 CONV_MARGIN = 0.1
 _CONV_FORWARD = ("subpixel", "phase_convs")
+# A channels-first forward may run one GEMM per image ("gemm_cols_batched",
+# jaxdeconv.formulations.phase.gemm._cols_per_image): no [C, N, *in] copy of the input,
+# at the price of the weight broadcast to every image and of smaller GEMMs. Timed
+# against "gemm_cols" on the 168 channels-first layers of kernel_picks.py's data (the
+# suite and seeds 11, 23, 5, 41, 53; 2026-12-01, this 2-core machine) it ran 0.39-0.95x
+# as long on a third of them (large inputs, small weights: Conv-TasNet's decoder
+# 26.7 -> 4.8 ms) and up to 140x longer where the weight dwarfs the input (dcgan.up1).
+# The forward picks' geomean over the fastest kernel, the suite's / the five seeds':
+# 1.051 / 1.093, 1.080, 1.226, 1.106 without it, 1.062 / 1.071, 1.072, 1.116, 1.057
+# with it (kernel_picks.py --load).
 _PROGRAM_RANK = {"gemm_cols": 0, "gemm_cols_nhwc": 0, "gemm_phase": 1, "convs": 2}
 # col2im's overlap-add (a sum of one shifted slice of cols per shift), the interleave
 # of the output phases and the crop are one loop that XLA:CPU fuses and runs in the
@@ -347,11 +358,19 @@ def cols_kernels(spec: ConvTransposeSpec) -> tuple[str, ...]:
     return ("gemm_cols",) if spec.channels_last else ("gemm_cols", "gemm_cols_nhwc")
 
 
+def forward_cols_kernels(spec: ConvTransposeSpec) -> tuple[str, ...]:
+    """The forward GEMM + col2im kernels for ``spec``: :func:`cols_kernels` and, for a
+    channels-first layer, one GEMM per image (``"gemm_cols_batched"``)."""
+    return cols_kernels(spec) + (() if spec.channels_last else ("gemm_cols_batched",))
+
+
 def cols_kernel(spec: ConvTransposeSpec, dtype, which: str) -> str:
-    """The cheaper of :func:`cols_kernels` as the forward pass or the gradients
-    (``which``: ``"forward"`` or ``"grads"``), by :func:`estimate`."""
+    """The cheapest forward GEMM + col2im kernel (``which="forward"``,
+    :func:`forward_cols_kernels`) or im2col GEMM gradient kernel (``"grads"``,
+    :func:`cols_kernels`), by :func:`estimate`."""
     m_ = machine()
-    return min(cols_kernels(spec), key=lambda k: estimate(spec, dtype, k, which, m_))
+    kernels = forward_cols_kernels(spec) if which == "forward" else cols_kernels(spec)
+    return min(kernels, key=lambda k: estimate(spec, dtype, k, which, m_))
 
 
 def _n_phase_ops(spec: ConvTransposeSpec) -> int:
@@ -371,7 +390,7 @@ def candidates(spec: ConvTransposeSpec, dtype) -> tuple[tuple[str, ...], tuple[s
         fwd.append("phase_convs")
     grads = ["convs"] if taps <= MAX_UNROLLED else []
     if gemm:
-        fwd[:0] = cols_kernels(spec)
+        fwd[:0] = forward_cols_kernels(spec)
         if spec.groups > 1:  # see the comment on grouped layers above
             grads = list(cols_kernels(spec))
         else:
@@ -435,6 +454,15 @@ def estimate(spec: ConvTransposeSpec, dtype, kernel: str, which: str, m_: Machin
     # by group (see above): the split and concatenation, an overhead per group
     split = (g > 1) * ((x_b + y_b if which == "forward" else 2 * x_b + y_b + w_b) / bw)
     split += (g > 1) * g * m_.overhead
+    if kernel == "gemm_cols_batched" and which == "forward":
+        # One GEMM per image and group, W^T broadcast to the batch (written, then read),
+        # without the input's [C, N, *in] copy that "gemm_cols" makes on a batch of
+        # several images (that estimate's fitted figures include it: credited here at
+        # x_b / bandwidth, the weight that scored best: see the per-image GEMMs above).
+        cig, cog = ci // g, co // g
+        t = g * n * _gemm(m_, cog * taps, pin, cig) + _overlap_add(spec, False, m_)
+        moved = x_b + 2 * n * w_b + 2 * cols + y_b - (n > 1) * x_b
+        return t + split + moved / bw + 4 * m_.overhead
     if kernel in ("gemm_cols", "gemm_cols_nhwc"):
         cig, cog = ci // g, co // g
         if which == "forward":  # GEMM into cols, col2im reads it and writes y

@@ -43,7 +43,14 @@ ELEMENTWISE_MAX_OUT_PER_GROUP = 4
 # 2-core machine).
 ELEMENTWISE_CPU_FORWARD_MAX_OUT_PER_GROUP = 16
 
-FORWARD_KERNELS = ("gemm_cols", "gemm_cols_nhwc", "subpixel", "phase_convs", "elementwise")
+FORWARD_KERNELS = (
+    "gemm_cols",
+    "gemm_cols_nhwc",
+    "gemm_cols_batched",
+    "subpixel",
+    "phase_convs",
+    "elementwise",
+)
 GRAD_KERNELS = ("gemm_cols", "gemm_cols_nhwc", "gemm_phase", "convs", "filter_conv", "elementwise")
 
 
@@ -55,7 +62,8 @@ class PhaseKernels:
       lowering: ``"gemm"`` (plain row-major GEMMs, one CPU device) or ``"conv"``
         (stride-1 convolutions, which XLA partitions with halos and hands to cuDNN).
       forward: ``"gemm_cols"`` (GEMM + col2im), ``"gemm_cols_nhwc"`` (the same,
-        computed channels-last), ``"subpixel"`` (one stride-1
+        computed channels-last), ``"gemm_cols_batched"`` (the same, one GEMM per
+        image of a channels-first input, read in place), ``"subpixel"`` (one stride-1
         convolution to every output phase, then depth-to-space), ``"phase_convs"``
         (one stride-1 convolution per group of phases) or ``"elementwise"``
         (depthwise-like layers: fused elementwise products).
@@ -104,6 +112,7 @@ class PhaseKernels:
         fwd = {
             "gemm_cols": "GEMM+col2im",
             "gemm_cols_nhwc": "GEMM+col2im via NHWC",
+            "gemm_cols_batched": "GEMM+col2im per image",
             "subpixel": "sub-pixel conv",
             "phase_convs": "phase convs",
             "elementwise": "elementwise",

@@ -87,8 +87,9 @@ def _forward_impl(x, w, *, spec, kernels, precision, preferred_element_type):
     kw = dict(precision=precision, preferred_element_type=preferred_element_type)
     if kernels.forward.startswith("gemm_cols"):
         nhwc = kernels.forward == "gemm_cols_nhwc"
+        batched = kernels.forward == "gemm_cols_batched"
         return _pieces(
-            lambda x, w, sub: gemm.forward(x, w, spec=sub, nhwc=nhwc, **kw),
+            lambda x, w, sub: gemm.forward(x, w, spec=sub, nhwc=nhwc, batched=batched, **kw),
             spec,
             kernels.batch_chunks,
             [(x, "act"), (w, "weight")],
