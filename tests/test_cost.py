@@ -55,7 +55,7 @@ def test_estimates_are_positive_and_every_candidate_is_costed():
     spec = make_spec((8, 64, 16, 16), (64, 32, 3, 3), 2, 1, 1)
     fwd, grads = _cost.candidates(spec, np.float32)
     assert fwd == ("gemm_cols", "gemm_cols_nhwc", "gemm_cols_batched", "subpixel", "phase_convs")
-    assert grads == ("gemm_cols", "gemm_cols_nhwc", "convs", "gemm_phase")
+    assert grads == ("gemm_cols", "gemm_cols_nhwc", "gemm_cols_batched", "convs", "gemm_phase")
     for which, kinds in (("forward", fwd), ("grads", grads)):
         for kind in kinds:
             assert 0 < _cost.estimate(spec, np.float32, kind, which, _cost.DEFAULT_MACHINE) < 1
@@ -66,7 +66,7 @@ def test_many_taps_take_no_unrolled_kernel():
     spec = make_spec((1, 2, 4, 4, 4), (2, 2, 16, 16, 16), 16)
     fwd, grads = _cost.candidates(spec, np.float32)
     assert fwd == ("gemm_cols", "gemm_cols_nhwc", "gemm_cols_batched", "subpixel")
-    assert grads == ("gemm_cols", "gemm_cols_nhwc")
+    assert grads == ("gemm_cols", "gemm_cols_nhwc", "gemm_cols_batched")
 
 
 def test_interleaving_col2im_goes_channels_last():
@@ -90,22 +90,25 @@ def test_interleaving_col2im_goes_channels_last():
     assert _cost._overlap_add(stride_1_last, False, m_) == _cost._overlap_add(
         stride_1_last, True, m_
     )
-    assert _cost.cols_kernels(cl) == _cost.forward_cols_kernels(cl) == ("gemm_cols",)
+    assert _cost.cols_kernels(cl) == ("gemm_cols",)
     assert "gemm_cols_nhwc" not in _cost.candidates(cl, np.float32)[0]
 
 
 def test_one_gemm_per_image_where_the_input_outweighs_the_weight():
-    """A channels-first forward runs one GEMM per image ("gemm_cols_batched": the input
-    read where it lies, the weight broadcast to every image) where the input is large
-    and the weight small (Conv-TasNet's decoder, 512 -> 1 at 3999 frames: 26.7 ms as
-    one GEMM after the input's [C, N, L] copy, 4.8 ms per image), and not where the
-    weight dwarfs the input (a 1x1 latent of 64 images: 140x slower per image) or for a
-    single image (no copy to save). Channels-last inputs are already read in place."""
+    """A channels-first layer runs one GEMM per image ("gemm_cols_batched": the
+    activations read where they lie, the weight broadcast to every image) where the
+    input is large and the weight small (Conv-TasNet's decoder, 512 -> 1 at 3999
+    frames: forward 26.7 ms as one GEMM after the input's [C, N, L] copy, 4.8 ms per
+    image; the gradients likewise), and not where the weight dwarfs the input (a 1x1
+    latent of 64 images: 140x slower per image) or for a single image (no copy to
+    save). Channels-last inputs are already read in place."""
     pick = lambda spec: _cost.cols_kernel(spec, np.float32, "forward")  # noqa: E731
     tasnet = make_spec((4, 512, 3999), (512, 1, 16), 8)
     latent = make_spec((64, 100, 1, 1), (100, 512, 4, 4), 1)
-    assert pick(tasnet) == _cost.choose(tasnet, np.float32)[0] == "gemm_cols_batched"
+    assert pick(tasnet) == "gemm_cols_batched"
+    assert _cost.choose(tasnet, np.float32)[:2] == ("gemm_cols_batched", "gemm_cols_batched")
     assert pick(latent) != "gemm_cols_batched"
+    assert "gemm_cols_batched" not in _cost.choose(latent, np.float32)[:2]
     one = dataclasses.replace(tasnet, batch=1)
     m_ = _cost.DEFAULT_MACHINE
     est = {
@@ -245,7 +248,8 @@ def test_a_tie_goes_to_the_smaller_program(monkeypatch):
     spec = make_spec((4, 256, 256), (256, 128, 16), 8, 4)  # HiFi-GAN's k16 s8 256->128
     real = _cost.estimate
     for cols, expected in ((1.0 + _cost.TIE / 2, "gemm_cols"), (1.0 + 2 * _cost.TIE, "gemm_phase")):
-        made_up = {"gemm_cols": cols, "gemm_cols_nhwc": 2.0, "gemm_phase": 1.0, "convs": 3.0}
+        made_up = {"gemm_cols": cols, "gemm_cols_nhwc": 2.0, "gemm_cols_batched": 2.0}
+        made_up.update(gemm_phase=1.0, convs=3.0)
 
         def estimate(spec, dtype, kernel, which, m_, made_up=made_up):
             if which == "forward":

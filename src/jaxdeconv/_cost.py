@@ -63,7 +63,6 @@ __all__ = [
     "cols_kernel",
     "cols_kernels",
     "estimate",
-    "forward_cols_kernels",
     "gemm_applies",
     "kernel_calls",
     "machine",
@@ -106,17 +105,29 @@ TIE = 0.05
 # worst 9.1x -> 1.036/1.061/1.111/1.091x, worst 2.9x.
 CONV_MARGIN = 0.1
 _CONV_FORWARD = ("subpixel", "phase_convs")
-# A channels-first forward may run one GEMM per image ("gemm_cols_batched",
-# jaxdeconv.formulations.phase.gemm._cols_per_image): no [C, N, *in] copy of the input,
-# at the price of the weight broadcast to every image and of smaller GEMMs. Timed
-# against "gemm_cols" on the 168 channels-first layers of kernel_picks.py's data (the
-# suite and seeds 11, 23, 5, 41, 53; 2026-12-01, this 2-core machine) it ran 0.39-0.95x
-# as long on a third of them (large inputs, small weights: Conv-TasNet's decoder
-# 26.7 -> 4.8 ms) and up to 140x longer where the weight dwarfs the input (dcgan.up1).
-# The forward picks' geomean over the fastest kernel, the suite's / the five seeds':
-# 1.051 / 1.093, 1.080, 1.226, 1.106 without it, 1.062 / 1.071, 1.072, 1.116, 1.057
-# with it (kernel_picks.py --load).
-_PROGRAM_RANK = {"gemm_cols": 0, "gemm_cols_nhwc": 0, "gemm_phase": 1, "convs": 2}
+# A channels-first layer may run its GEMMs one per image ("gemm_cols_batched",
+# jaxdeconv.formulations.phase.gemm._cols_per_image and _cotangent_cols_per_image): the
+# activations read and written where they lie, instead of copied to and from
+# [C, N, *in] around one GEMM over the batch, at the price of the weight broadcast to
+# every image (and, for the weight gradient, N partial weights) and of smaller GEMMs.
+# Timed against "gemm_cols" on the 168 channels-first layers of kernel_picks.py's data
+# (the suite twice, seeds 11, 23, 41 and 53; 2026-12-01, this 2-core machine): the forward
+# ran 0.39-0.95x as long on a third of them (large inputs, small weights: Conv-TasNet's
+# decoder 26.7 -> 4.8 ms), the gradients 0.32-0.86x on a quarter (hifigan.up4 0.65x),
+# and up to 140x (forward) and 40x (gradients) longer where the weight dwarfs the input
+# (dcgan.up1). The estimates credit the copies saved at half their bytes (the fitted
+# figures of "gemm_cols" include them; other credits scored worse). The picks' geomean
+# over the fastest kernel, suite / seeds 11, 23, 41, 53 (kernel_picks.py --load):
+# forward 1.051 / 1.093, 1.080, 1.226, 1.106 without these kernels, 1.062 / 1.071,
+# 1.072, 1.116, 1.057 with them; gradients 1.074 / 1.139, 1.125, 1.159, 1.177 and
+# 1.042 / 1.058, 1.074, 1.018, 1.070.
+_PROGRAM_RANK = {
+    "gemm_cols": 0,
+    "gemm_cols_nhwc": 0,
+    "gemm_cols_batched": 0,
+    "gemm_phase": 1,
+    "convs": 2,
+}
 # col2im's overlap-add (a sum of one shifted slice of cols per shift), the interleave
 # of the output phases and the crop are one loop that XLA:CPU fuses and runs in the
 # output's order. Channels-last its innermost axis is C_out, contiguous in every
@@ -353,24 +364,20 @@ def batch_chunks(spec: ConvTransposeSpec, dtype) -> int:
 
 
 def cols_kernels(spec: ConvTransposeSpec) -> tuple[str, ...]:
-    """The im2col GEMM kernels (forward GEMM + col2im, or both gradients) for ``spec``:
-    a channels-first layer computed as it is or channels-last (``"gemm_cols_nhwc"``)."""
-    return ("gemm_cols",) if spec.channels_last else ("gemm_cols", "gemm_cols_nhwc")
-
-
-def forward_cols_kernels(spec: ConvTransposeSpec) -> tuple[str, ...]:
-    """The forward GEMM + col2im kernels for ``spec``: :func:`cols_kernels` and, for a
-    channels-first layer, one GEMM per image (``"gemm_cols_batched"``)."""
-    return cols_kernels(spec) + (() if spec.channels_last else ("gemm_cols_batched",))
+    """The GEMM + col2im forward kernels, or the im2col GEMM gradient kernels, for
+    ``spec``: a channels-first layer computed as it is (one GEMM over the batch, the
+    activations copied to and from ``[C, N, *in]``), channels-last
+    (``"gemm_cols_nhwc"``) or one GEMM per image (``"gemm_cols_batched"``)."""
+    if spec.channels_last:
+        return ("gemm_cols",)
+    return ("gemm_cols", "gemm_cols_nhwc", "gemm_cols_batched")
 
 
 def cols_kernel(spec: ConvTransposeSpec, dtype, which: str) -> str:
-    """The cheapest forward GEMM + col2im kernel (``which="forward"``,
-    :func:`forward_cols_kernels`) or im2col GEMM gradient kernel (``"grads"``,
-    :func:`cols_kernels`), by :func:`estimate`."""
+    """The cheapest of :func:`cols_kernels` as the forward pass or the gradients
+    (``which``: ``"forward"`` or ``"grads"``), by :func:`estimate`."""
     m_ = machine()
-    kernels = forward_cols_kernels(spec) if which == "forward" else cols_kernels(spec)
-    return min(kernels, key=lambda k: estimate(spec, dtype, k, which, m_))
+    return min(cols_kernels(spec), key=lambda k: estimate(spec, dtype, k, which, m_))
 
 
 def _n_phase_ops(spec: ConvTransposeSpec) -> int:
@@ -390,7 +397,7 @@ def candidates(spec: ConvTransposeSpec, dtype) -> tuple[tuple[str, ...], tuple[s
         fwd.append("phase_convs")
     grads = ["convs"] if taps <= MAX_UNROLLED else []
     if gemm:
-        fwd[:0] = forward_cols_kernels(spec)
+        fwd[:0] = cols_kernels(spec)
         if spec.groups > 1:  # see the comment on grouped layers above
             grads = list(cols_kernels(spec))
         else:
@@ -457,12 +464,21 @@ def estimate(spec: ConvTransposeSpec, dtype, kernel: str, which: str, m_: Machin
     if kernel == "gemm_cols_batched" and which == "forward":
         # One GEMM per image and group, W^T broadcast to the batch (written, then read),
         # without the input's [C, N, *in] copy that "gemm_cols" makes on a batch of
-        # several images (that estimate's fitted figures include it: credited here at
-        # x_b / bandwidth, the weight that scored best: see the per-image GEMMs above).
+        # several images (credited at half its bytes: see the per-image GEMMs above).
         cig, cog = ci // g, co // g
         t = g * n * _gemm(m_, cog * taps, pin, cig) + _overlap_add(spec, False, m_)
         moved = x_b + 2 * n * w_b + 2 * cols + y_b - (n > 1) * x_b
         return t + split + moved / bw + 4 * m_.overhead
+    if kernel == "gemm_cols_batched":
+        # The same per image: dX[n] = W @ G[n] (W broadcast), dW = the sum of the N
+        # products X[n] @ G[n]^T (N partial weights written, then added), without the
+        # copies of x and of dX to and from [C, N, *in] (credited at half their bytes).
+        cig, cog = ci // g, co // g
+        t = g * n * (_gemm(m_, cig, pin, cog * taps) + _gemm(m_, cig, cog * taps, pin))
+        extra = 4 * n * w_b - 2 * (n > 1) * x_b
+        if batch_chunks(spec, dtype) > 1:
+            extra += y_b + cols
+        return t + split + (y_b + 3 * cols + 2 * x_b + w_b + extra) / bw + 8 * m_.overhead
     if kernel in ("gemm_cols", "gemm_cols_nhwc"):
         cig, cog = ci // g, co // g
         if which == "forward":  # GEMM into cols, col2im reads it and writes y

@@ -51,7 +51,15 @@ FORWARD_KERNELS = (
     "phase_convs",
     "elementwise",
 )
-GRAD_KERNELS = ("gemm_cols", "gemm_cols_nhwc", "gemm_phase", "convs", "filter_conv", "elementwise")
+GRAD_KERNELS = (
+    "gemm_cols",
+    "gemm_cols_nhwc",
+    "gemm_cols_batched",
+    "gemm_phase",
+    "convs",
+    "filter_conv",
+    "elementwise",
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,6 +77,7 @@ class PhaseKernels:
         (depthwise-like layers: fused elementwise products).
       input_grad, weight_grad: ``"gemm_cols"`` (from the im2col'd cotangent),
         ``"gemm_cols_nhwc"`` (the same, computed channels-last),
+        ``"gemm_cols_batched"`` (the same, one GEMM per image),
         ``"gemm_phase"`` (the phase convolutions' transposes as GEMMs), ``"convs"``
         (the strided convolution / one dot per tap), ``"filter_conv"`` (the weight
         gradient as one convolution, past ``MAX_UNROLLED`` taps) or ``"elementwise"``.
@@ -120,6 +129,7 @@ class PhaseKernels:
         grads = {
             "gemm_cols": "im2col GEMM grads",
             "gemm_cols_nhwc": "im2col GEMM grads via NHWC",
+            "gemm_cols_batched": "im2col GEMM grads per image",
             "gemm_phase": "phase GEMM grads",
             "convs": "conv grads",
             "filter_conv": "filter-conv weight grad",
@@ -277,7 +287,7 @@ def _choose_kernels(spec, dtype, *, backend, on_mesh, strategy) -> PhaseKernels:
         reason = "depthwise-like: fused elementwise products"
         if spec.out_channels == spec.groups or not _cost.gemm_applies(spec, dtype):
             return PhaseKernels("conv", "elementwise", "elementwise", "elementwise", reason=reason)
-        grads = _cost.cols_kernels(spec)[-1]  # channels-last (see above)
+        grads = "gemm_cols" if spec.channels_last else "gemm_cols_nhwc"  # see above
         reason += " forward; several outputs per group: im2col GEMM gradients, group by group"
         return PhaseKernels("gemm", "elementwise", grads, grads, reason=reason)
     ew = elementwise(spec)

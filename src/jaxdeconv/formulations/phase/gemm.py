@@ -37,7 +37,10 @@ contiguous, as in ``g``) and ``dX = G @ W`` has the long axis as its rows. A
 channels-first layer may be computed that way too (``nhwc``, its operands and result
 transposed around the kernel): the forward pass where col2im would interleave the
 output's last axis one scalar at a time (:func:`jaxdeconv._cost._overlap_add`), the
-gradients where the cost model or measured mode says so.
+gradients where the cost model or measured mode says so. Or it may run one GEMM per
+image (``batched``: :func:`_cols_per_image`, :func:`_cotangent_cols_per_image`), which
+reads and writes the activations in their own layout, where the input outweighs the
+weight that every image then needs.
 XLA:CPU gives products to its fast GEMM (YNNPACK) only when the left operand is
 contracted on its last axis; where a transposed operand is
 needed it is materialized behind an optimization barrier (XLA would otherwise fold
@@ -447,6 +450,21 @@ def cotangent_cols(g, spec, settle=True):
     return im2col(g, spec, _r(2, n), 1, settle).reshape(rows, -1)  # [C, *k, N, *in]
 
 
+def _cotangent_cols_per_image(g, spec, settle):
+    """``G[N, C_out * K, in]``: :func:`cotangent_cols` of a channels-first ``g`` kept
+    image-major, for one GEMM per image in either gradient (``batched``).
+
+    Like the forward's :func:`_cols_per_image`, the products then read ``x`` and write
+    ``dX`` in their own layout, where the whole-batch GEMMs copy both to and from
+    ``[C, N, *in]``; the weight is broadcast to every image (``dX``) and the weight
+    gradient is the sum of per-image products (``N`` partial ``dW``): the cost model
+    weighs these against the copies.
+    """
+    n = spec.ndim
+    rows = spec.out_channels * math.prod(spec.kernel_size)
+    return im2col(g, spec, _r(2, n), 2, settle).reshape(spec.batch, rows, -1)
+
+
 # ----------------------------------------------------------------------------- phase GEMMs
 
 
@@ -558,11 +576,23 @@ def _cl_spec(spec: ConvTransposeSpec) -> ConvTransposeSpec:
     return dataclasses.replace(spec, channels_last=True)
 
 
-def input_grad(g, w, *, spec, precision, preferred_element_type, strategy, nhwc=False, settle=True):
+def input_grad(
+    g,
+    w,
+    *,
+    spec,
+    precision,
+    preferred_element_type,
+    strategy,
+    nhwc=False,
+    batched=False,
+    settle=True,
+):
     """The input gradient: ``dX = W @ G`` (``"cols"``) or the phase GEMMs (``"phase"``).
 
     With ``nhwc`` a channels-first layer is computed channels-last (where ``dX``'s
-    rows are ``N * in`` instead of ``C_in``).
+    rows are ``N * in`` instead of ``C_in``); with ``batched`` one GEMM per image
+    (:func:`_grads_per_image`).
     """
     if nhwc and not spec.channels_last:
         dx = input_grad(
@@ -588,6 +618,17 @@ def input_grad(g, w, *, spec, precision, preferred_element_type, strategy, nhwc=
             precision=precision,
             preferred_element_type=acc,
         ).reshape(spec.batch, *spec.input_size, ci)
+    elif batched:  # dX[n] = W @ G[n]
+        ci = spec.in_channels
+        wr = w.reshape(ci, -1)
+        wb = lax.optimization_barrier(jnp.broadcast_to(wr, (spec.batch, *wr.shape)))
+        dx = lax.dot_general(
+            wb,
+            _cotangent_cols_per_image(g, spec, settle),
+            (((2,), (1,)), ((0,), (0,))),
+            precision=precision,
+            preferred_element_type=acc,
+        ).reshape(spec.input_shape)
     else:
         ci = spec.in_channels
         dx = lax.dot_general(
@@ -602,9 +643,19 @@ def input_grad(g, w, *, spec, precision, preferred_element_type, strategy, nhwc=
 
 
 def weight_grad(
-    x, g, *, spec, precision, preferred_element_type, strategy, nhwc=False, settle=True
+    x,
+    g,
+    *,
+    spec,
+    precision,
+    preferred_element_type,
+    strategy,
+    nhwc=False,
+    batched=False,
+    settle=True,
 ):
-    """The weight gradient: ``dW = X @ G^T`` (``"cols"``) or the phase GEMMs (``"phase"``)."""
+    """The weight gradient: ``dW = X @ G^T`` (``"cols"``) or the phase GEMMs (``"phase"``);
+    ``nhwc`` and ``batched`` as in :func:`input_grad`."""
     if nhwc and not spec.channels_last:
         dw = weight_grad(
             act_to_channels_last(x, spec),
@@ -631,6 +682,16 @@ def weight_grad(
             preferred_element_type=acc,
         ).reshape(ci, *spec.kernel_size, spec.out_channels)
         dw = jnp.moveaxis(dw, 0, -2)
+    elif batched:  # dW = sum over n of X[n] @ G[n]^T, the partial sums in acc
+        ci = spec.in_channels
+        dw = lax.dot_general(
+            x.reshape(spec.batch, ci, -1),
+            _cotangent_cols_per_image(g, spec, settle),
+            (((2,), (2,)), ((0,), (0,))),
+            precision=precision,
+            preferred_element_type=acc,
+        )
+        dw = dw.sum(0).reshape(spec.weight_shape)
     else:
         ci = spec.in_channels
         dw = lax.dot_general(

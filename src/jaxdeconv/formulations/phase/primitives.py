@@ -125,6 +125,7 @@ def _gemm_kw(kind, spec, precision, preferred_element_type):
         preferred_element_type=preferred_element_type,
         strategy=kind.split("_")[1],
         nhwc=kind.endswith("nhwc"),
+        batched=kind.endswith("batched"),
         settle=spec.groups == 1,
     )
 
