@@ -97,7 +97,7 @@ def test_values_and_gradients_match_numpy(case, route, channels_last, rng):
     np.testing.assert_allclose(dw, dw_ref, rtol=1e-10, atol=1e-10)
 
 
-@pytest.mark.parametrize("route", ["cols", "phase"])
+@pytest.mark.parametrize("route", ["cols", "phase", "cols-per-image"])
 def test_half_precision_accumulates_in_float32(route, rng):
     spec = make_spec((2, 8, 6, 6), (8, 4, 4, 4), 2, 1)
     kernels = ROUTES[f"gemm-{route}"]
