@@ -592,7 +592,7 @@ def input_grad(
 
     With ``nhwc`` a channels-first layer is computed channels-last (where ``dX``'s
     rows are ``N * in`` instead of ``C_in``); with ``batched`` one GEMM per image
-    (:func:`_grads_per_image`).
+    (:func:`_cotangent_cols_per_image`).
     """
     if nhwc and not spec.channels_last:
         dx = input_grad(
