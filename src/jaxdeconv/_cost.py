@@ -118,9 +118,12 @@ _CONV_FORWARD = ("subpixel", "phase_convs")
 # (dcgan.up1). The estimates credit the copies saved at half their bytes (the fitted
 # figures of "gemm_cols" include them; other credits scored worse). The picks' geomean
 # over the fastest kernel, suite / seeds 11, 23, 41, 53 (kernel_picks.py --load):
-# forward 1.051 / 1.093, 1.080, 1.226, 1.106 without these kernels, 1.062 / 1.071,
-# 1.072, 1.116, 1.057 with them; gradients 1.074 / 1.139, 1.125, 1.159, 1.177 and
-# 1.042 / 1.058, 1.074, 1.018, 1.070.
+# forward 1.051 / 1.091, 1.094, 1.223, 1.121 without these kernels, 1.063 / 1.076,
+# 1.081, 1.126, 1.070 with them; gradients 1.086 / 1.151, 1.141, 1.181, 1.186 and
+# 1.055 / 1.062, 1.079, 1.026, 1.069 (the per-image times of the layers where they
+# were close, 75 of them, retimed with 8 rounds). A penalty for small per-image GEMMs
+# (XLA:CPU runs many small batched products at about half the rate of one large one)
+# scored worse on the gradients and 1% better on the forward picks.
 _PROGRAM_RANK = {
     "gemm_cols": 0,
     "gemm_cols_nhwc": 0,
