@@ -464,35 +464,28 @@ def estimate(spec: ConvTransposeSpec, dtype, kernel: str, which: str, m_: Machin
     # by group (see above): the split and concatenation, an overhead per group
     split = (g > 1) * ((x_b + y_b if which == "forward" else 2 * x_b + y_b + w_b) / bw)
     split += (g > 1) * g * m_.overhead
-    if kernel == "gemm_cols_batched" and which == "forward":
-        # One GEMM per image and group, W^T broadcast to the batch (written, then read),
-        # without the input's [C, N, *in] copy that "gemm_cols" makes on a batch of
-        # several images (credited at half its bytes: see the per-image GEMMs above).
+    if kernel in ("gemm_cols", "gemm_cols_nhwc", "gemm_cols_batched"):
         cig, cog = ci // g, co // g
-        t = g * n * _gemm(m_, cog * taps, pin, cig) + _overlap_add(spec, False, m_)
-        moved = x_b + 2 * n * w_b + 2 * cols + y_b - (n > 1) * x_b
-        return t + split + moved / bw + 4 * m_.overhead
-    if kernel == "gemm_cols_batched":
-        # The same per image: dX[n] = W @ G[n] (W broadcast), dW = the sum of the N
-        # products X[n] @ G[n]^T (N partial weights written, then added), without the
-        # copies of x and of dX to and from [C, N, *in] (credited at half their bytes).
-        cig, cog = ci // g, co // g
-        t = g * n * (_gemm(m_, cig, pin, cog * taps) + _gemm(m_, cig, cog * taps, pin))
-        extra = 4 * n * w_b - 2 * (n > 1) * x_b
-        if batch_chunks(spec, dtype) > 1:
-            extra += y_b + cols
-        return t + split + (y_b + 3 * cols + 2 * x_b + w_b + extra) / bw + 8 * m_.overhead
-    if kernel in ("gemm_cols", "gemm_cols_nhwc"):
-        cig, cog = ci // g, co // g
+        # gemm_cols_batched: one GEMM per image (reps of them, each over one image's
+        # rows), W broadcast to every image (written, then read; for dW also the N
+        # partial weights), without the copies of the activations to and from
+        # [C, N, *in] that "gemm_cols" makes on a batch of several images (credited at
+        # half their bytes: see the per-image GEMMs above)
+        per_image = kernel == "gemm_cols_batched"
+        reps, rows = (n, pin) if per_image else (1, n * pin)
         if which == "forward":  # GEMM into cols, col2im reads it and writes y
-            t = g * _gemm(m_, cog * taps, n * pin, cig)
+            t = g * reps * _gemm(m_, cog * taps, rows, cig)
             nhwc = kernel == "gemm_cols_nhwc" and not spec.channels_last
             t += _overlap_add(spec, spec.channels_last or nhwc, m_)
             moved = x_b + w_b + 2 * cols + y_b + nhwc * 2 * (x_b + y_b)  # + the transposes
+            if per_image:
+                moved += (2 * n - 1) * w_b - (n > 1) * x_b
             return t + split + moved / bw + 4 * m_.overhead
         # im2col (reads g, writes G), dX = W @ G and dW = X @ G^T read G
-        t = g * (_gemm(m_, cig, n * pin, cog * taps) + _gemm(m_, cig, cog * taps, n * pin))
+        t = g * reps * (_gemm(m_, cig, rows, cog * taps) + _gemm(m_, cig, cog * taps, rows))
         extra = 2 * (x_b + y_b) if kernel == "gemm_cols_nhwc" else 0
+        if per_image:
+            extra = 4 * n * w_b - 2 * (n > 1) * x_b
         if batch_chunks(spec, dtype) > 1:
             # each gradient loops over the chunks on its own: G is built twice (in one
             # program XLA shares it between them)

@@ -396,29 +396,38 @@ def forward(x, w, *, spec, precision, preferred_element_type, nhwc=False, batche
     return y.astype(out_dtype(dtype, preferred_element_type))
 
 
-def _cols_per_image(x, w, spec, precision, acc):
-    """``cols[N, C_out * K, in] = W^T @ X[n]`` for every image ``n`` of a channels-first
-    input ``x`` (``w`` in torch's layout), as ``[N, C_out, *k, *in]``.
+def _per_image_product(left, right, precision, acc):
+    """``left @ right[n]`` for every image ``n``: ``left`` ``[M, K]``, ``right``
+    ``[N, K, P]`` -> ``[N, M, P]``, one batched product.
 
-    One batched product reads the input where it lies and writes cols image-major, so
-    that col2im writes the output in its own layout: no ``[C, N, *in]`` copy of the
-    input (or of the output) as :func:`forward`'s other channels-first routes make.
-    XLA's batched products need the batch on both operands, so ``W^T`` is broadcast to
-    every image (materialized behind the barrier, which also keeps the transpose out of
-    the product, see :func:`forward`): the cost model weighs that copy
-    (``batch * |W|``) against the input's (Conv-TasNet's decoder, 512 -> 1, k16 s8,
-    N4 x 3999 frames: 26.7 -> 4.8 ms; 2026-12-01, this 2-core machine).
+    XLA's batched products need the batch on both operands, so ``left`` is broadcast
+    to every image, materialized behind the barrier (which also keeps a transpose of
+    ``left`` out of the product, see :func:`forward`): the cost model weighs that copy
+    (``batch * |W|``) against the activations' copies it saves.
     """
-    ci, n = spec.in_channels, spec.batch
-    wt = w.reshape(ci, -1).T  # [C_out * K, C_in]
-    wt = lax.optimization_barrier(jnp.broadcast_to(wt, (n, *wt.shape)))
-    cols = lax.dot_general(
-        wt,
-        x.reshape(n, ci, -1),
+    left = lax.optimization_barrier(jnp.broadcast_to(left, (right.shape[0], *left.shape)))
+    return lax.dot_general(
+        left,
+        right,
         (((2,), (1,)), ((0,), (0,))),
         precision=precision,
         preferred_element_type=acc,
     )
+
+
+def _cols_per_image(x, w, spec, precision, acc):
+    """``cols[N, C_out * K, in] = W^T @ X[n]`` for every image ``n`` of a channels-first
+    input ``x`` (``w`` in torch's layout), as ``[N, C_out, *k, *in]``.
+
+    One batched product (:func:`_per_image_product`) reads the input where it lies and
+    writes cols image-major, so that col2im writes the output in its own layout: no
+    ``[C, N, *in]`` copy of the input (or of the output) as :func:`forward`'s other
+    channels-first routes make (Conv-TasNet's decoder, 512 -> 1, k16 s8, N4 x 3999
+    frames: 26.7 -> 4.8 ms; 2026-12-01, this 2-core machine).
+    """
+    ci, n = spec.in_channels, spec.batch
+    wt = w.reshape(ci, -1).T  # [C_out * K, C_in]
+    cols = _per_image_product(wt, x.reshape(n, ci, -1), precision, acc)
     return cols.reshape(n, spec.out_channels, *spec.kernel_size, *spec.input_size)
 
 
@@ -619,16 +628,9 @@ def input_grad(
             preferred_element_type=acc,
         ).reshape(spec.batch, *spec.input_size, ci)
     elif batched:  # dX[n] = W @ G[n]
-        ci = spec.in_channels
-        wr = w.reshape(ci, -1)
-        wb = lax.optimization_barrier(jnp.broadcast_to(wr, (spec.batch, *wr.shape)))
-        dx = lax.dot_general(
-            wb,
-            _cotangent_cols_per_image(g, spec, settle),
-            (((2,), (1,)), ((0,), (0,))),
-            precision=precision,
-            preferred_element_type=acc,
-        ).reshape(spec.input_shape)
+        w2 = w.reshape(spec.in_channels, -1)
+        g2 = _cotangent_cols_per_image(g, spec, settle)
+        dx = _per_image_product(w2, g2, precision, acc).reshape(spec.input_shape)
     else:
         ci = spec.in_channels
         dx = lax.dot_general(
