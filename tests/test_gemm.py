@@ -577,6 +577,13 @@ def test_subpixel_is_one_convolution_without_zero_taps():
     # k3 s2 p1 op1: 2 taps of 2 residues per dimension (one of the four padded); the
     # 10 outputs start at residue 1, so they span 6 rows per dimension
     assert subpixel.window(make_spec((1, 2, 5, 5), (2, 2, 3, 3), 2, 1, 1)) == (4, 4, 36)
+    # stride 1, dilation 2: the kernel's 7 taps per dimension with the window dilated,
+    # not 13 with zeros between them (10 s against 0.11 s for this 3-d layer)
+    spec = make_spec((1, 2, 4, 4, 4), (2, 3, 7, 7, 7), 1, 1, 0, 1, 2)
+    assert subpixel.window(spec) == (7**3, 1, 14**3)
+    x, w = jnp.ones(spec.input_shape), jnp.ones(spec.weight_shape)
+    hlo = jax.jit(lambda x, w: _bind(_phase.forward_p, x, w, spec, ROUTES["subpixel"]))
+    assert "rhs_dilate = [2, 2]" in hlo.lower(x, w).as_text()  # 3-d folded to 2-d
 
 
 @pytest.mark.parametrize("chunks", [1, 2])
