@@ -14,6 +14,7 @@ unless asked.
 
     python benchmarks/kernel_picks.py --seeds 11,23,5 --layers 30
     python benchmarks/kernel_picks.py --seeds 23 --layers 40 --channels-last
+    python benchmarks/kernel_picks.py --seeds "" --large --no-suite
     python benchmarks/kernel_picks.py --load picks.jsonl
 """
 
@@ -40,7 +41,28 @@ def _draw():
     return module.draw
 
 
-def layers(seeds, per_seed, channels_last=False):
+# Layers whose GEMM buffers are large (stride 1 and wide kernels on small inputs, 3-d
+# decoders: cols of 13-360 MB), where the model's charges for memory traffic and for
+# col2im one dimension at a time are tested hardest; group "large" (--large).
+LARGE = {
+    "L1": ((8, 8, 8, 8, 8), (8, 64, 7, 7, 7), dict(stride=1, padding=1, dilation=2)),
+    "L3": ((8, 32, 32, 32), (32, 64, 9, 9), dict(stride=1, padding=4)),
+    "L4": ((16, 64, 8, 8), (64, 64, 11, 11), dict(stride=1, padding=0)),
+    "L5": ((4, 32, 16, 16, 16), (32, 32, 5, 5, 5), dict(stride=1, padding=2)),
+    "L6": ((2, 32, 16, 16, 16), (32, 32, 4, 4, 4), dict(stride=2, padding=1)),
+    "L7": ((4, 64, 16, 16, 16), (64, 32, 3, 3, 3), dict(stride=2, padding=1, output_padding=1)),
+    "L8": ((8, 64, 2048), (64, 64, 16), dict(stride=1, padding=8)),
+    "L9": ((16, 64, 16, 16), (64, 64, 7, 7), dict(stride=1, padding=3)),
+    "L10": ((8, 64, 32, 32), (64, 32, 8, 8), dict(stride=4, padding=2)),
+    "L11": ((4, 16, 8, 8, 8), (16, 32, 7, 7, 7), dict(stride=1, padding=3)),
+    "L12": ((8, 64, 16, 16), (64, 64, 5, 5), dict(stride=1, padding=4, dilation=2)),
+    "L13": ((8, 16, 16, 16, 16), (16, 16, 5, 5, 5), dict(stride=1, padding=4, dilation=2)),
+    "L14": ((4, 128, 8, 8, 8), (128, 64, 4, 4, 4), dict(stride=2, padding=1)),
+    "L15": ((16, 32, 32, 32), (32, 32, 5, 5), dict(stride=1, padding=2)),
+}
+
+
+def layers(seeds, per_seed, channels_last=False, large=False):
     """(group, name, input shape, weight shape, keyword arguments) of every layer."""
 
     def layout(xs, ws, kw):
@@ -52,6 +74,9 @@ def layers(seeds, per_seed, channels_last=False):
     for name, layer in SUITE.items():
         spec = layer.spec()
         yield "suite", name, *layout(spec.input_shape, spec.weight_shape, layer.kwargs)
+    if large:
+        for name, layer in LARGE.items():
+            yield "large", name, *layout(*layer)
     draw = _draw()
     for seed in seeds:
         rng, done = np.random.default_rng(seed), 0
@@ -97,6 +122,7 @@ def main() -> None:
     ap.add_argument("--no-suite", action="store_true")
     ap.add_argument("--rounds", type=int, default=4)
     ap.add_argument("--channels-last", action="store_true", help="the layers channels-last")
+    ap.add_argument("--large", action="store_true", help="also the large-buffer layers (LARGE)")
     ap.add_argument("--save", help="append the measured times to this JSON-lines file")
     ap.add_argument("--load", help="score the model on times saved by --save; time nothing")
     opts = ap.parse_args()
@@ -105,7 +131,7 @@ def main() -> None:
     else:
         rows = []
         seeds = [int(s) for s in opts.seeds.split(",") if s]
-        for group, name, xs, ws, kw in layers(seeds, opts.layers, opts.channels_last):
+        for group, name, xs, ws, kw in layers(seeds, opts.layers, opts.channels_last, opts.large):
             if opts.no_suite and group == "suite":
                 continue
             spec = make_spec(xs, ws, **kw)

@@ -12,7 +12,8 @@ where ``e(x) = x / (x + half)`` is the efficiency lost to a short GEMM/convoluti
 dimension ``x`` (``half``: the dimension at which it is one half), ``peak`` the
 GEMM's (or XLA's stride-1 convolution's) rate and ``ops`` the kernels' op count
 (per-tap dots in the convolution gradients). GEMM + col2im adds its overlap-add's
-``elements * shifts / (scalar_rate * lanes)`` (:func:`_overlap_add`).
+``elements * shifts / (scalar_rate * lanes)``, or past ``COL2IM_FUSED_MAX_SHIFTS`` shifts
+its passes one dimension at a time (:func:`_overlap_add`).
 
 The machine figures are built-in defaults (fitted on the project's 2-core CPU)
 unless :func:`calibrate` was run once on this machine: it measures a GEMM, a
@@ -436,12 +437,27 @@ def _conv(m_: Machine, flops: float, c_in_taps: int, c_out: int, pixels: int) ->
     return flops / (m_.conv_peak * eff)
 
 
-def _overlap_add(spec: ConvTransposeSpec, channels_last: bool, m_: Machine) -> float:
+def _overlap_add(spec: ConvTransposeSpec, channels_last: bool, item: int, m_: Machine) -> float:
     """Seconds of col2im's fused loop beyond its bytes (see VECTOR above)."""
-    from .formulations.phase.gemm import _geometry  # lazily: the formulations import this
+    # lazily: the formulations import this module
+    from .formulations.phase.gemm import COL2IM_FUSED_MAX_SHIFTS, _geometry
 
     geo = _geometry(spec)
     shifts = math.prod(len(shift) for *_, shift in geo)
+    if shifts > COL2IM_FUSED_MAX_SHIFTS:
+        # one dimension at a time: each pass reads the previous one's result and writes
+        # its own, the taps of the dimensions not yet added still in it, whose short
+        # rows leave nothing to vectorize (3-d k7 d2 s1, 343 shifts: 0.74 s for the
+        # overlap-add of a 360 MB cols, estimated 43 ms as one fused sum)
+        size = spec.batch * spec.out_channels * math.prod(spec.kernel_size)
+        size *= math.prod(spec.input_size)
+        t = 0.0
+        for m, (se, _, q, shift) in enumerate(geo):
+            size = size * se * q // (spec.kernel_size[m] * spec.input_size[m])
+            t += size * len(shift) / m_.scalar_rate
+            if m < len(geo) - 1:  # written, then read by the next pass
+                t += 2 * size * item / m_.bandwidth
+        return t
     elements = spec.batch * spec.out_channels * math.prod(se * q for se, _, q, _ in geo)
     if channels_last:
         lanes = min(spec.out_channels // spec.groups, VECTOR)
@@ -476,7 +492,7 @@ def estimate(spec: ConvTransposeSpec, dtype, kernel: str, which: str, m_: Machin
         if which == "forward":  # GEMM into cols, col2im reads it and writes y
             t = g * reps * _gemm(m_, cog * taps, rows, cig)
             nhwc = kernel == "gemm_cols_nhwc" and not spec.channels_last
-            t += _overlap_add(spec, spec.channels_last or nhwc, m_)
+            t += _overlap_add(spec, spec.channels_last or nhwc, item, m_)
             moved = x_b + w_b + 2 * cols + y_b + nhwc * 2 * (x_b + y_b)  # + the transposes
             if per_image:
                 moved += (2 * n - 1) * w_b - (n > 1) * x_b
