@@ -12,7 +12,7 @@ need their extras and are imported by name.
 ['lhs_dilated', 'phase', 'vjp', 'zero_insertion']
 """
 
-import importlib
+import importlib as _importlib
 
 from ._api import conv_transpose, conv_transpose1d, conv_transpose2d, conv_transpose3d, plan
 from ._cost import autotune
@@ -59,9 +59,9 @@ _LAZY = ("distributed", "formulations", "layouts", "porting", "sharding", "study
 
 def __getattr__(name):
     if name in _LAZY:
-        return importlib.import_module(f".{name}", __name__)
+        return _importlib.import_module(f".{name}", __name__)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def __dir__():
-    return sorted([*globals(), *_LAZY])
+    return sorted({*globals(), *_LAZY})
