@@ -3,9 +3,11 @@
 import json
 import sys
 
+import numpy as np
 import pytest
 
 from jaxdeconv import make_spec
+from jaxdeconv._cost import cols_bytes
 from jaxdeconv.tools import bench as _bench
 from jaxdeconv.tools import cli as _cli
 
@@ -228,6 +230,12 @@ def test_kernel_picks_times_and_scores_every_candidate():
     losses = picks.score([row])
     assert set(losses) == {("g", "forward"), ("g", "grads")}
     assert all(loss >= 1 for v in losses.values() for loss, *_ in v)
+    # the large-buffer layers (--large) are valid layers whose GEMM buffers are large
+    large = list(picks.layers([], 0, large=True))
+    assert [name for group, name, *_ in large if group == "large"] == list(picks.LARGE)
+    for group, name, xs, ws, kw in large:
+        if group == "large":
+            assert cols_bytes(make_spec(xs, ws, **kw), np.float32) > 10e6, name
 
 
 def test_minor_faults_counts_freshly_mapped_pages():
