@@ -16,6 +16,18 @@ pytestmark = pytest.mark.slow  # subprocesses / whole programs: see pyproject ma
 TINY = ["--tiny", "--rounds", "1", "--min-round-s", "0", "--silent"]
 
 
+def _benchmark_script(name):
+    """The script ``benchmarks/<name>.py`` as a module (they are not a package)."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).parent.parent / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def test_suite_has_25_real_layers_with_valid_configs():
     assert len(_bench.SUITE) >= 25
     names = [layer.name for layer in _bench.SUITE.values()]
@@ -141,15 +153,7 @@ def test_a_compile_over_the_limit_costs_that_variant_only(tmp_path):
 def test_random_layers_draws_layers_jaxdeconv_and_torch_accept():
     """benchmarks/random_layers.py's draws are valid layers (jaxdeconv's argument checks,
     which match torch's, accept them), and its timing runs end to end on one small layer."""
-    import importlib.util
-    from pathlib import Path
-
-    import numpy as np
-
-    path = Path(__file__).parent.parent / "benchmarks" / "random_layers.py"
-    spec = importlib.util.spec_from_file_location("random_layers", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = _benchmark_script("random_layers")
     rng = np.random.default_rng(0)
     drawn = [d for d in (mod.draw(rng) for _ in range(200)) if d is not None]
     assert len(drawn) > 20
@@ -188,15 +192,9 @@ def test_real_layers_are_the_models_layers(capsys, monkeypatch):
     """benchmarks/real_layers.py's held-out layers are valid (jaxdeconv's argument checks
     accept them and torch gives the output shape jaxdeconv plans), none is a suite layer,
     and ``--list`` names them all."""
-    import importlib.util
-    from pathlib import Path
-
     import torch
 
-    path = Path(__file__).parent.parent / "benchmarks" / "real_layers.py"
-    spec = importlib.util.spec_from_file_location("real_layers", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = _benchmark_script("real_layers")
     assert len(mod.LAYERS) >= 15 and not set(mod.LAYERS) & set(_bench.SUITE)
     suite = {(la.spec().input_shape, la.spec().weight_shape) for la in _bench.SUITE.values()}
     for name, (_, _, xs, ws, kw) in mod.LAYERS.items():
@@ -214,13 +212,7 @@ def test_real_layers_are_the_models_layers(capsys, monkeypatch):
 def test_kernel_picks_times_and_scores_every_candidate():
     """benchmarks/kernel_picks.py times every candidate kernel of a layer (both im2col
     GEMM layouts included) and scores the cost model's pick against the fastest."""
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).parent.parent / "benchmarks" / "kernel_picks.py"
-    spec = importlib.util.spec_from_file_location("kernel_picks", path)
-    picks = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(picks)
+    picks = _benchmark_script("kernel_picks")
     layer = make_spec((1, 4, 5, 5), (4, 3, 3, 3), 2, 1, 1)
     times = picks.time_kernels(layer, rounds=1)
     assert {"forward:gemm_cols", "forward:gemm_cols_nhwc", "grads:gemm_cols_nhwc"} <= set(times)
