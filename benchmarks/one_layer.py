@@ -25,6 +25,7 @@ def main(argv=None):
         description=__doc__.split("\n\n")[0],
         epilog="Other options go to jaxdeconv bench (see jaxdeconv bench --help).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        allow_abbrev=False,  # --out (for jaxdeconv bench) is no --out-channels
     )
     p.add_argument("--input", default="8,64,64,64", help="N,C_in,*spatial")
     p.add_argument("--out-channels", type=int, default=32)

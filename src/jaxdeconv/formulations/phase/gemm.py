@@ -201,6 +201,9 @@ def col2im(c, spec, tap_axes, in_axes, acc):
 # memory). With 9 or fewer shifts one concatenate is as fast and holds no intermediate
 # (tfgan.up2, vae.up3, dcgan.up3: equal times, 10-20% more memory per dimension).
 IM2COL_CONCAT_MAX_SHIFTS = 9
+# A dimension with more shifts than this expands in two levels of slices
+# (:func:`_windows_two_level`), about 2 * sqrt(shifts) of them instead of one per shift.
+IM2COL_TWO_LEVEL_SHIFTS = 8
 # col2im with more shifts than this overlap-adds one dimension at a time (materialized)
 # instead of one fused sum of every shift's plane. The fused sum stays faster far longer
 # than im2col's concatenate (2-d k8 s1, 64 shifts: 8.3 ms fused, 18.6 per dimension; 3-d
@@ -257,6 +260,9 @@ def im2col(a, spec, sp_axes, tap_at, settle=False):
         # one dimension at a time, each step one concatenate of that dimension's shifts,
         # materialized before the next (the barrier keeps XLA from fusing them back)
         for m in range(n):
+            if len(geo[m][3]) > IM2COL_TWO_LEVEL_SHIFTS:
+                ap = _windows_two_level(ap, pos[m], geo[m][0], spec, m)
+                continue
             ap = cat([plane(ap, [(m, sh)]) for sh in geo[m][3]], m)
             if m < n - 1:
                 ap = lax.optimization_barrier(ap)
@@ -269,6 +275,40 @@ def im2col(a, spec, sp_axes, tap_at, settle=False):
         return cat([nested((*prefix, sh)) for sh in geo[m][3]], m)
 
     return nested(()).transpose(perm)
+
+
+def _windows_two_level(ap, ax, se, spec, m):
+    """Dimension ``m`` of :func:`im2col` in two levels of slices, not one per shift.
+
+    ``ap``'s axes ``ax, ax + 1`` are ``[Q, s_eff]``: together the padded full result's
+    positions ``p``, and tap ``j`` of input ``i`` reads ``p = i * s_eff + j * d``. With
+    ``j = c * B + b`` (``B = ceil(sqrt(k))``, ``C = ceil(k / B)``) that is ``B`` slices
+    shifted by ``b * d`` (stacked, materialized), then ``C`` strided slices of that stack
+    shifted by ``c * B * d``: ``B + C`` slices in two concatenates where one slice per
+    shift made ``k`` (at stride 1 every tap is a shift). XLA:CPU materializes each
+    operand of a concatenate of more than a few dozen as a fusion of its own, which it
+    compiles one by one: a 1-d k128 stride-1 layer's gradients compiled in 4.5 s
+    (lax's autodiff: 0.3 s). Returns ``ap`` with those axes ``[in, k]``.
+    """
+    k, d, size = spec.kernel_size[m], spec.dilation[m], spec.input_size[m]
+    b_n = math.isqrt(k - 1) + 1
+    c_n = -(-k // b_n)
+    flat = ap.reshape(*ap.shape[:ax], -1, *ap.shape[ax + 2 :])
+    need = (size - 1) * se + (c_n * b_n - 1) * d + 1  # the last (padding) tap's reach
+    if need > flat.shape[ax]:
+        pads = [(0, 0, 0)] * flat.ndim
+        pads[ax] = (0, need - flat.shape[ax], 0)
+        flat = lax.pad(flat, jnp.zeros((), flat.dtype), pads)
+    length = (size - 1) * se + (c_n - 1) * b_n * d + 1
+    stack = jnp.stack(
+        [lax.slice_in_dim(flat, b * d, b * d + length, axis=ax) for b in range(b_n)], ax + 1
+    )  # [.., length, B, ..]
+    stack = lax.optimization_barrier(stack)
+    parts = [
+        lax.slice_in_dim(stack, c * b_n * d, c * b_n * d + (size - 1) * se + 1, se, axis=ax)
+        for c in range(c_n)
+    ]  # each [.., in, B, ..]
+    return lax.slice_in_dim(jnp.concatenate(parts, ax + 1), 0, k, axis=ax + 1)
 
 
 def _apart(f, a):
