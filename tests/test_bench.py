@@ -188,6 +188,21 @@ def test_random_layers_draws_layers_jaxdeconv_and_torch_accept():
     assert set(t) == {f"{v} {m}" for v in ("auto", "torch") for m in ("fwd", "fwd+bwd")}
 
 
+def test_one_layer_writes_only_into_out(tmp_path, monkeypatch, capsys):
+    """``--out`` goes to the bench (it once read as an abbreviation of --out-channels)."""
+    one_layer = _benchmark_script("one_layer")
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "out"
+    argv = ["--input", "1,2,3,3", "--out-channels", "2", "--kernel", "3", "--stride", "2"]
+    argv += ["--variants", "auto,torch", "--modes", "fwd", "--timeout", "0"]
+    assert one_layer.main([*argv, *TINY[1:], "--out", str(out)]) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+    assert sorted(p.name for p in out.iterdir()) == ["bench.json", "bench.md"]
+    data = json.loads((out / "bench.json").read_text())
+    assert [la["name"] for la in data["layers"]] == ["one_layer"]
+    assert "python benchmarks/one_layer.py" in capsys.readouterr().out
+
+
 def test_real_layers_are_the_models_layers(capsys, monkeypatch):
     """benchmarks/real_layers.py's held-out layers are valid (jaxdeconv's argument checks
     accept them and torch gives the output shape jaxdeconv plans), none is a suite layer,
