@@ -201,9 +201,14 @@ def col2im(c, spec, tap_axes, in_axes, acc):
 # memory). With 9 or fewer shifts one concatenate is as fast and holds no intermediate
 # (tfgan.up2, vae.up3, dcgan.up3: equal times, 10-20% more memory per dimension).
 IM2COL_CONCAT_MAX_SHIFTS = 9
-# A dimension with more shifts than this expands in two levels of slices
-# (:func:`_windows_two_level`), about 2 * sqrt(shifts) of them instead of one per shift.
-IM2COL_TWO_LEVEL_SHIFTS = 8
+# im2col expands a dimension of more shifts than this by reshapes (:func:`_windows`), not
+# one slice per shift, each of which XLA:CPU materializes and compiles. Both gradients,
+# channels-first (2026-12-02, this 2-core machine): 1-d k255 stride 1 compiled in 8.8 s,
+# now 0.9; 2-d k9 s1 (4x32x32x32) 56 -> 40 ms and 81 -> 42 MiB of temporaries; 3-d k9 s1
+# 6.6 -> 4.2 ms. With fewer shifts the slices run faster: reshapes everywhere made the
+# suite layers' gradients 1.1-3x slower (fcn8s channels-last 17 -> 53 ms), though G
+# alone, written to a buffer of its own, was often faster.
+IM2COL_WINDOWS_SHIFTS = 8
 # col2im with more shifts than this overlap-adds one dimension at a time (materialized)
 # instead of one fused sum of every shift's plane. The fused sum stays faster far longer
 # than im2col's concatenate (2-d k8 s1, 64 shifts: 8.3 ms fused, 18.6 per dimension; 3-d
@@ -238,9 +243,11 @@ def im2col(a, spec, sp_axes, tap_at, settle=False):
         else:
             shape.append(ap.shape[ax])
     ap = ap.reshape(shape)
-    taps = [pos[m] + 1 for m in range(n)]
-    rest = [ax for ax in range(ap.ndim) if ax not in taps]
-    perm = rest[:tap_at] + taps + rest[tap_at:]  # [.., in_m, k_m, ..] -> the result's
+    tap_axis = [pos[m] + 1 for m in range(n)]  # [.., in_m, k_m, ..] (two levels: k_m, in_m)
+
+    def result(ap):
+        rest = [ax for ax in range(ap.ndim) if ax not in tap_axis]
+        return ap.transpose(rest[:tap_at] + tap_axis + rest[tap_at:])
 
     def plane(arr, shifts):
         """``arr`` sliced to the shifts ``[(m, shift), ..]`` of those dimensions: each
@@ -256,17 +263,20 @@ def im2col(a, spec, sp_axes, tap_at, settle=False):
     def cat(parts, m):
         return parts[0] if len(parts) == 1 else jnp.concatenate(parts, pos[m] + 1)
 
-    if math.prod(len(g[3]) for g in geo) > IM2COL_CONCAT_MAX_SHIFTS:
-        # one dimension at a time, each step one concatenate of that dimension's shifts,
-        # materialized before the next (the barrier keeps XLA from fusing them back)
+    windows = [len(g[3]) > IM2COL_WINDOWS_SHIFTS for g in geo]  # by reshapes, else slices
+    if any(windows) or math.prod(len(g[3]) for g in geo) > IM2COL_CONCAT_MAX_SHIFTS:
+        # one dimension at a time, each step one concatenate of that dimension's shifts
+        # or its windows, materialized before the next (the barrier keeps XLA from
+        # fusing a concatenate's operands back); windows fuse with windows
         for m in range(n):
-            if len(geo[m][3]) > IM2COL_TWO_LEVEL_SHIFTS:
-                ap = _windows_two_level(ap, pos[m], geo[m][0], spec, m)
-                continue
-            ap = cat([plane(ap, [(m, sh)]) for sh in geo[m][3]], m)
-            if m < n - 1:
+            if windows[m]:
+                ap = _windows(ap, pos[m], geo[m][0], spec, m)
+                tap_axis[m] = pos[m]
+            else:
+                ap = cat([plane(ap, [(m, sh)]) for sh in geo[m][3]], m)
+            if m < n - 1 and not (windows[m] and windows[m + 1]):
                 ap = lax.optimization_barrier(ap)
-        return ap.transpose(perm)
+        return result(ap)
 
     def nested(prefix):  # one concatenate of every shift (nested per dimension)
         m = len(prefix)
@@ -274,41 +284,32 @@ def im2col(a, spec, sp_axes, tap_at, settle=False):
             return plane(ap, list(enumerate(prefix)))
         return cat([nested((*prefix, sh)) for sh in geo[m][3]], m)
 
-    return nested(()).transpose(perm)
+    return result(nested(()))
 
 
-def _windows_two_level(ap, ax, se, spec, m):
-    """Dimension ``m`` of :func:`im2col` in two levels of slices, not one per shift.
+def _windows(ap, ax, se, spec, m):
+    """Dimension ``m`` of :func:`im2col` by reshapes: no slice per shift or tap.
 
-    ``ap``'s axes ``ax, ax + 1`` are ``[Q, s_eff]``: together the padded full result's
-    positions ``p``, and tap ``j`` of input ``i`` reads ``p = i * s_eff + j * d``. With
-    ``j = c * B + b`` (``B = ceil(sqrt(k))``, ``C = ceil(k / B)``) that is ``B`` slices
-    shifted by ``b * d`` (stacked, materialized), then ``C`` strided slices of that stack
-    shifted by ``c * B * d``: ``B + C`` slices in two concatenates where one slice per
-    shift made ``k`` (at stride 1 every tap is a shift). XLA:CPU materializes each
-    operand of a concatenate of more than a few dozen as a fusion of its own, which it
-    compiles one by one: a 1-d k128 stride-1 layer's gradients compiled in 4.5 s
-    (lax's autodiff: 0.3 s). Returns ``ap`` with those axes ``[in, k]``.
+    ``ap``'s axes ``ax, ax + 1`` are ``[Q, s_eff]``, together the padded full result's
+    ``P`` positions; tap ``j`` of input ``i`` reads position ``i * s_eff + j * d``.
+    ``k`` copies of them laid end to end and read back as rows of ``P + d`` shift
+    copy ``j`` by ``j * d``; every input's positions, taken with stride ``s_eff``, are
+    then its taps. XLA fuses the broadcast, pads, reshapes and strided slice into one
+    loop with no temporary buffer whatever the taps (one slice per shift made XLA:CPU
+    materialize and compile each: a 1-d k128 stride-1 layer's gradients compiled in 4.5
+    s, lax's autodiff in 0.3 s). The loop computes each element's source index, which
+    costs more than the slices' copies where there are few shifts
+    (``IM2COL_WINDOWS_SHIFTS``). Returns ``ap`` with those axes ``[k, in]``.
     """
     k, d, size = spec.kernel_size[m], spec.dilation[m], spec.input_size[m]
-    b_n = math.isqrt(k - 1) + 1
-    c_n = -(-k // b_n)
     flat = ap.reshape(*ap.shape[:ax], -1, *ap.shape[ax + 2 :])
-    need = (size - 1) * se + (c_n * b_n - 1) * d + 1  # the last (padding) tap's reach
-    if need > flat.shape[ax]:
-        pads = [(0, 0, 0)] * flat.ndim
-        pads[ax] = (0, need - flat.shape[ax], 0)
-        flat = lax.pad(flat, jnp.zeros((), flat.dtype), pads)
-    length = (size - 1) * se + (c_n - 1) * b_n * d + 1
-    stack = jnp.stack(
-        [lax.slice_in_dim(flat, b * d, b * d + length, axis=ax) for b in range(b_n)], ax + 1
-    )  # [.., length, B, ..]
-    stack = lax.optimization_barrier(stack)
-    parts = [
-        lax.slice_in_dim(stack, c * b_n * d, c * b_n * d + (size - 1) * se + 1, se, axis=ax)
-        for c in range(c_n)
-    ]  # each [.., in, B, ..]
-    return lax.slice_in_dim(jnp.concatenate(parts, ax + 1), 0, k, axis=ax + 1)
+    lead, p, rest = flat.shape[:ax], flat.shape[ax], flat.shape[ax + 1 :]
+    copies = jnp.broadcast_to(jnp.expand_dims(flat, ax), (*lead, k, p, *rest))
+    pads = [(0, 0, 0)] * flat.ndim
+    pads[ax] = (0, k * d, 0)  # k copies of P -> k rows of P + d
+    rows = lax.pad(copies.reshape(*lead, k * p, *rest), jnp.zeros((), flat.dtype), pads)
+    rows = rows.reshape(*lead, k, p + d, *rest)
+    return lax.slice_in_dim(rows, 0, (size - 1) * se + 1, se, axis=ax + 1)
 
 
 def _apart(f, a):
