@@ -51,6 +51,19 @@ def test_plan_says_why():
     assert "cost model" in p.reason and "gemm_cols" in p.reason and " ms" in p.reason
 
 
+@pytest.mark.parametrize("stride", [2, 3])
+def test_phase_convolutions_are_a_candidate_up_to_8_phases(stride):
+    """Past PHASE_CONVS_MAX_PHASES the phase convolutions compile 3-10x longer than the
+    sub-pixel convolution (2-d stride 3: 9 phases, 0.6 s) for no speed; the phase GEMM
+    gradients, which can run several times faster, stay."""
+    spec = make_spec((4, 32, 12, 12), (32, 32, stride + 2, stride + 2), stride, 1)
+    fwd, grads = _cost.candidates(spec, np.float32)
+    assert ("phase_convs" in fwd) == (stride**2 <= _cost.PHASE_CONVS_MAX_PHASES < 9)
+    assert "subpixel" in fwd and "gemm_phase" in grads
+    k = phase_kernels(spec, np.float32, strategy="phase")  # asked for, it runs
+    assert (k.forward, k.input_grad) == ("phase_convs", "gemm_phase")
+
+
 def test_estimates_are_positive_and_every_candidate_is_costed():
     spec = make_spec((8, 64, 16, 16), (64, 32, 3, 3), 2, 1, 1)
     fwd, grads = _cost.candidates(spec, np.float32)

@@ -83,6 +83,16 @@ MAX_COLS_BYTES = 1 << 30
 # gradient) or per phase (the phase GEMM gradients, the phase convolutions'
 # interleave) are not candidates beyond these counts: compile time would grow.
 MAX_UNROLLED = 64
+# Within that bound the phase convolutions (one per window shape, then one slice per
+# phase into the interleave) still compile for a while: 0.6-1.1 s at 9-36 phases, 2.2 s
+# at 64 (3-d k7 s4), against 0.1-0.2 s for the sub-pixel convolution, which ran as fast
+# or faster on nine of ten layers (3-d k5 s3: 0.73 against 0.83 ms; 2026-12-02, this
+# machine). On one CPU they are a forward candidate only up to this many phases (the
+# recorded kernel times: the picks' forward scores unchanged, seed 41's 1.126x ->
+# 1.113x). The phase GEMM gradients compile about 15 ms per op (3-d k4 s2, 72 ops:
+# 1.1 s, lax's autodiff 0.3 s) but ran up to 7.7x faster than the im2col GEMMs on
+# such layers, so they keep the bound above.
+PHASE_CONVS_MAX_PHASES = 8
 # The phase convolutions (sub-kernel windows, several phases stacked on the output
 # channels, then the interleave) ran at 0.5-0.6 of a plain stride-1 convolution's
 # rate on the bench's layers here (forward, 16 layers timed against GEMM + col2im;
@@ -397,7 +407,7 @@ def candidates(spec: ConvTransposeSpec, dtype) -> tuple[tuple[str, ...], tuple[s
     gemm = gemm_applies(spec, dtype)
     taps = math.prod(spec.kernel_size)
     fwd = ["subpixel"]
-    if math.prod(spec.stride) <= MAX_UNROLLED:  # the interleave unrolls per phase
+    if math.prod(spec.stride) <= PHASE_CONVS_MAX_PHASES:  # see there
         fwd.append("phase_convs")
     grads = ["convs"] if taps <= MAX_UNROLLED else []
     if gemm:
