@@ -9,11 +9,14 @@ best kept, and the geomeans at the end. With ``--channels-last`` the JAX variant
 channels-last (``[N, *spatial, C]``, as Flax and Keras models are) against torch's
 channels-first. With ``--depthwise`` every layer is made depthwise (one input channel per
 group, 1-4 outputs per group) and timed against torch alone: lax's grouped convolutions
-run 100-1000x slower there (``jaxdeconv bench``'s ``depthwise.bilinear``). Nothing is
-written to disk.
+run 100-1000x slower there (``jaxdeconv bench``'s ``depthwise.bilinear``). With
+``--compile`` nothing is timed but the first compile of each program: `auto`'s compile
+seconds and XLA's temporary bytes against `lhs_dilated`'s, forward and forward+backward
+(issue 13's targets: at most 2x on every layer). Nothing is written to disk.
 
     python benchmarks/random_layers.py --seed 11 --layers 30
     python benchmarks/random_layers.py --seed 7 --layers 20 --depthwise
+    python benchmarks/random_layers.py --seed 67 --layers 30 --compile
 """
 
 from __future__ import annotations
@@ -112,6 +115,63 @@ def time_layer(rng, xs, ws, kw, rounds, channels_last=False, baselines=("lax", "
     return x, w, kw_jax, interleaved_minima(calls, rounds)
 
 
+def compile_layer(xs, ws, kw, channels_last=False):
+    """``{(method, mode): (compile seconds, temporary bytes)}`` of `auto` and
+    `lhs_dilated`, forward (``"fwd"``) and forward+backward (``"fwd+bwd"``), each
+    program compiled once from scratch (a new function, so no cache is reused)."""
+    import time
+
+    if channels_last:
+        xs, ws = (xs[0], *xs[2:], xs[1]), (*ws[2:], ws[0], ws[1])
+        kw = {**kw, "channels_last": True}
+    x, w = jnp.ones(xs, jnp.float32), jnp.ones(ws, jnp.float32)
+    out = {}
+    for method in ("auto", "lhs_dilated"):
+
+        def y(x, w, method=method):
+            return jaxdeconv.conv_transpose(x, w, **kw, method=method)
+
+        def loss(x, w, y=y):
+            return jnp.sum(y(x, w) ** 2)
+
+        for mode, fn in (("fwd", y), ("fwd+bwd", jax.grad(loss, (0, 1)))):
+            lowered = jax.jit(fn).lower(x, w)
+            start = time.perf_counter()
+            compiled = lowered.compile()
+            out[method, mode] = (
+                time.perf_counter() - start,
+                compiled.memory_analysis().temp_size_in_bytes,
+            )
+    return out
+
+
+def _compile_main(opts, rng) -> None:
+    ratios: dict[str, list[float]] = {}
+    done = 0
+    while done < opts.layers:
+        layer = draw(rng)
+        if layer is not None and opts.depthwise:
+            layer = as_depthwise(layer, rng)
+        if layer is None:
+            continue
+        done += 1
+        xs, ws, kw = layer
+        c = compile_layer(xs, ws, kw, opts.channels_last)
+        row = []
+        for mode in ("fwd", "fwd+bwd"):
+            (ca, ma), (cl, ml) = c["auto", mode], c["lhs_dilated", mode]
+            ratios.setdefault(f"{mode} compile x lax", []).append(ca / cl)
+            ratios.setdefault(f"{mode} temp x lax", []).append((ma + 1) / (ml + 1))
+            row.append(f"{mode} {ca:.2f}/{cl:.2f} s, {ma / 2**20:.1f}/{ml / 2**20:.1f} MiB")
+        label = jaxdeconv.plan(jnp.ones(xs), jnp.ones(ws), **kw).label
+        print(f"{xs} <- {ws} {kw}: auto/lax {'; '.join(row)} [{label}]", flush=True)
+    print()
+    for key, v in ratios.items():
+        g = math.exp(sum(map(math.log, v)) / len(v))
+        high = sum(r > 2 for r in v)
+        print(f"{key}: geomean {g:.2f}x, max {max(v):.2f}x, over 2x on {high} of {len(v)}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seed", type=int, default=0)
@@ -123,7 +183,14 @@ def main() -> None:
     ap.add_argument(
         "--depthwise", action="store_true", help="depthwise layers, against torch alone"
     )
+    ap.add_argument(
+        "--compile",
+        action="store_true",
+        help="compile time and temporary memory against lax's, nothing timed",
+    )
     opts = ap.parse_args()
+    if opts.compile:
+        return _compile_main(opts, np.random.default_rng(opts.seed))
     baselines = ("torch",) if opts.depthwise else ("torch", "lax")
     import torch
 

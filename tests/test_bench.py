@@ -188,6 +188,22 @@ def test_random_layers_draws_layers_jaxdeconv_and_torch_accept():
     assert set(t) == {f"{v} {m}" for v in ("auto", "torch") for m in ("fwd", "fwd+bwd")}
 
 
+def test_random_layers_compile_mode(monkeypatch, capsys):
+    """``--compile``: each layer's compile seconds and temporary bytes, auto against lax,
+    and the counts over issue 13's 2x, with nothing timed."""
+    mod = _benchmark_script("random_layers")
+    for cl in (False, True):
+        c = mod.compile_layer((1, 4, 5, 5), (4, 2, 3, 3), dict(stride=2, padding=1), cl)
+        assert set(c) == {(m, mode) for m in ("auto", "lhs_dilated") for mode in ("fwd", "fwd+bwd")}
+        assert all(s > 0 and b >= 0 for s, b in c.values())
+    monkeypatch.setattr(sys, "argv", ["random_layers.py", "--layers", "2", "--compile"])
+    mod.main()
+    out = capsys.readouterr().out
+    assert out.count(" <- ") == 2 and "[phase" in out
+    for key in ("fwd compile x lax", "fwd+bwd temp x lax"):
+        assert key in out and "over 2x on" in out
+
+
 def test_one_layer_writes_only_into_out(tmp_path, monkeypatch, capsys):
     """``--out`` goes to the bench (it once read as an abbreviation of --out-channels)."""
     one_layer = _benchmark_script("one_layer")
