@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 import jaxdeconv
-from jaxdeconv import PhaseKernels, make_spec
+from jaxdeconv import PhaseKernels, _cost, make_spec
 from jaxdeconv._cost import MAX_COLS_BYTES, batch_chunks, candidates, cols_bytes, gemm_applies
 from jaxdeconv._phases import phase_plan
 from jaxdeconv._plan import phase_kernels
@@ -267,6 +267,43 @@ def test_batch_chunks_match_numpy(chunks, cl, rng):
         )
         np.testing.assert_allclose(cf(dx), dx_ref, rtol=1e-10, atol=1e-10)
         np.testing.assert_allclose(cf_w(dw), dw_ref, rtol=1e-10, atol=1e-10)
+
+
+def test_forward_chunks_past_32_mib_of_cols(rng, monkeypatch):
+    """The GEMM forward runs in batch chunks where its cols would pass 32 MiB (each call
+    would page in a fresh mapping); the gradients do not, and the values are the same."""
+    wavegan = make_spec((16, 256, 256), (256, 128, 25), 4, 11, 1)  # 50 MiB of cols
+    assert _cost.cols_bytes(wavegan, np.float32) > _cost.FORWARD_CHUNK_ABOVE
+    assert _cost.forward_chunks(wavegan, np.float32) == 4  # 12.5 MiB each
+    for batch, chunks in ((14, 7), (13, 13), (8, 1), (1, 1)):  # 25 MiB at N8: whole
+        assert _cost.forward_chunks(dataclasses.replace(wavegan, batch=batch), "f4") == chunks
+    assert _cost.forward_chunks(make_spec((16, 256, 8, 8), (256, 128, 4, 4), 2, 1), "f4") == 1
+    k = phase_kernels(wavegan, np.float32)
+    if k.forward.startswith("gemm"):
+        assert (k.forward_chunks, k.batch_chunks) == (4, 1)
+        assert "in 4 batch chunks, im2col" in k.label
+    with pytest.raises(ValueError, match="forward_chunks=0"):
+        PhaseKernels("gemm", "gemm_cols", "gemm_cols", "gemm_cols", forward_chunks=0)
+    # the same rule on a small layer, its bounds made small
+    monkeypatch.setattr(_cost, "FORWARD_CHUNK_ABOVE", 1000)
+    monkeypatch.setattr(_cost, "FORWARD_CHUNK_BYTES", 600)
+    spec = make_spec((6, 2, 5), (2, 3, 4), 2, 1)  # 6 * 5 * 3 * 4 * 8 bytes = 2880
+    assert _cost.forward_chunks(spec, np.float64) == 6
+    x, w = rng.standard_normal(spec.input_shape), rng.standard_normal(spec.weight_shape)
+    for fwd in ("gemm_cols", "gemm_cols_nhwc", "gemm_cols_batched"):
+        kern = _cost._kernels(spec, fwd, "gemm_cols", 1, _cost.forward_chunks(spec, np.float64))
+        assert kern.forward_chunks == 6 and kern.batch_chunks == 1
+        with jax.enable_x64(True):
+            f = jax.jit(lambda x, w, k=kern: _bind(_phase.forward_p, x, w, spec, k))
+            assert "while" in f.lower(x, w).as_text()  # lax.map over the chunks
+            y = f(x, w)
+        np.testing.assert_allclose(y, numpy_reference(x, w, spec), rtol=1e-10, atol=1e-10)
+    # a plan whose forward chunks do not divide the batch is refused before tracing
+    plan = jaxdeconv.plan(x, w, stride=2, padding=1)
+    kern = dataclasses.replace(plan.kernels, lowering="gemm", forward="gemm_cols", forward_chunks=4)
+    bad = dataclasses.replace(plan, kernels=kern)
+    with pytest.raises(ValueError, match="the forward in 4"):
+        jaxdeconv.conv_transpose(x, w, stride=2, padding=1, method=bad)
 
 
 def _entry(hlo: str) -> list[str]:

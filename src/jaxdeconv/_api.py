@@ -150,10 +150,12 @@ def _plan_for(method, spec: ConvTransposeSpec, dtype, *arrays, on_mesh=None) -> 
         kernels = method.kernels
         if kernels is not None and kernels.lowering == "gemm":
             chunks = kernels.batch_chunks
-            if not (gemm_applies(spec, dtype) and chunks_fit(spec, dtype, chunks)):
+            fits = gemm_applies(spec, dtype) and chunks_fit(spec, dtype, chunks)
+            if not fits or spec.batch % kernels.forward_chunks:
                 raise ValueError(
                     f"method={method.label!r}: the GEMM lowering cannot run this layer as "
-                    f"planned (batch={spec.batch} in {chunks} chunk(s), buffers of "
+                    f"planned (batch={spec.batch} in {chunks} chunk(s), the forward in "
+                    f"{kernels.forward_chunks}, buffers of "
                     f"{cols_bytes(spec, dtype)} bytes against {MAX_COLS_BYTES} per chunk); "
                     "plan it for these arguments with jaxdeconv.plan(...)"
                 )

@@ -64,6 +64,7 @@ __all__ = [
     "cols_kernel",
     "cols_kernels",
     "estimate",
+    "forward_chunks",
     "gemm_applies",
     "kernel_calls",
     "machine",
@@ -73,6 +74,19 @@ __all__ = [
 # The GEMM lowering's largest buffer (the im2col'd cotangent G or the forward's cols)
 # holds prod(kernel)/prod(stride) times the output. Never more than this.
 MAX_COLS_BYTES = 1 << 30
+# The forward's cols buffer, over 32 MiB, is a fresh mmap on every call (glibc serves
+# allocations that large so; see the README's "Temporaries over 32 MiB"), paged in at
+# about 0.4 ms per MiB: the GEMM + col2im forward then runs in batch chunks of at most
+# FORWARD_CHUNK_BYTES of cols each (forward_chunks). 2026-12-02, this machine, the
+# forward alone, whole batch against chunks, in a process without torch: WaveGAN's
+# k25 s4 256->128 (50 MiB, 4 chunks) 53-65 -> 44-48 ms, a 2-d k9 stride-1 32->64 at
+# 32x32, batch 8 (162 MiB, 8 chunks) 164 -> 63 ms, a k4 s2 128->64 at 32x32, batch 32
+# (128 MiB, 8 chunks) 128 -> 87 ms, Mask R-CNN's mask head (49 MiB, 4 chunks) 77 -> 64
+# ms. Under 32 MiB chunks gained nothing (tfgan.up2, 19 MiB: 9.4 -> 10.2 ms in 2) and
+# the gradients, which build the im2col'd cotangent once per gradient in chunks, lost
+# (WaveGAN's 114 -> 139 ms), so only the forward chunks, and only above that size.
+FORWARD_CHUNK_ABOVE = 32 << 20
+FORWARD_CHUNK_BYTES = 16 << 20
 # Channels-first layers may run the im2col GEMM kernels channels-last ("_nhwc"), the
 # operands and the result transposed around them; the estimates decide. The gradients
 # used to run so whenever C_in <= 32 (a GEMM with C_in rows runs under peak), but on
@@ -377,6 +391,25 @@ def batch_chunks(spec: ConvTransposeSpec, dtype) -> int:
     return next((c for c in range(1, spec.batch + 1) if chunks_fit(spec, dtype, c)), spec.batch)
 
 
+def forward_chunks(spec: ConvTransposeSpec, dtype) -> int:
+    """Equal chunks of the batch the GEMM + col2im forward runs in: 1 while its cols
+    buffer is at most ``FORWARD_CHUNK_ABOVE``, else the fewest whose cols are at most
+    ``FORWARD_CHUNK_BYTES`` each (or one image each), and never fewer than
+    :func:`batch_chunks`."""
+    cols = cols_bytes(spec, dtype)
+    least = batch_chunks(spec, dtype)
+    if cols <= FORWARD_CHUNK_ABOVE or spec.batch <= 1:
+        return least
+    return next(
+        (
+            c
+            for c in range(least, spec.batch + 1)
+            if spec.batch % c == 0 and cols // c <= FORWARD_CHUNK_BYTES
+        ),
+        spec.batch,
+    )
+
+
 def cols_kernels(spec: ConvTransposeSpec) -> tuple[str, ...]:
     """The GEMM + col2im forward kernels, or the im2col GEMM gradient kernels, for
     ``spec``: a channels-first layer computed as it is (one GEMM over the batch, the
@@ -583,12 +616,19 @@ def _spec_key(spec: ConvTransposeSpec, dtype) -> str:
     return f"{np.dtype(dtype).name}:{spec!r}"
 
 
-def _kernels(spec: ConvTransposeSpec, fwd: str, grads: str, chunks: int = 1):
+def _kernels(spec: ConvTransposeSpec, fwd: str, grads: str, chunks: int = 1, fwd_chunks=None):
     from ._plan import PhaseKernels, _bounded
 
     lowering = "gemm" if "gemm" in fwd + grads else "conv"
+    gemm = lowering == "gemm"
+    fwd_chunks = chunks if fwd_chunks is None or not fwd.startswith("gemm") else fwd_chunks
     kernels = PhaseKernels(
-        lowering, fwd, grads, grads, batch_chunks=chunks if lowering == "gemm" else 1
+        lowering,
+        fwd,
+        grads,
+        grads,
+        batch_chunks=chunks if gemm else 1,
+        forward_chunks=fwd_chunks if gemm else 1,
     )
     return _bounded(kernels, spec)  # as the plan would run them
 
@@ -613,7 +653,7 @@ def kernel_calls(spec: ConvTransposeSpec, dtype, fwd_kernels, grad_kernels) -> d
     chunks = batch_chunks(spec, dtype)
     calls = {}
     for k in fwd_kernels:
-        kern = _kernels(spec, k, grad_kernels[0], chunks)
+        kern = _kernels(spec, k, grad_kernels[0], chunks, forward_chunks(spec, dtype))
         f = jax.jit(lambda x, w, kern=kern: prims.forward_p.bind(x, w, kernels=kern, **params))
         calls["forward", k] = lambda f=f: jax.block_until_ready(f(x, w))
     for k in grad_kernels:

@@ -84,6 +84,9 @@ class PhaseKernels:
       batch_chunks: the GEMM kernels run on this many equal chunks of the batch, one
         after another, so that their buffers stay under ``MAX_COLS_BYTES`` on layers
         too large to run whole (1: the whole batch at once).
+      forward_chunks: the same for a GEMM forward kernel alone (at least
+        ``batch_chunks``): more where its cols buffer would pass 32 MiB
+        (:func:`jaxdeconv._cost.forward_chunks`).
       fold_leading: run 3-d (and higher) phase convolutions as 2-d ones with the
         leading taps folded into channels (faster on XLA:CPU; off on a mesh,
         where the partitioner would gather the folded activation).
@@ -98,6 +101,7 @@ class PhaseKernels:
     input_grad: str
     weight_grad: str
     batch_chunks: int = 1
+    forward_chunks: int = 1
     fold_leading: bool = True
     backend: str = "cpu"
     on_mesh: bool = False
@@ -109,6 +113,10 @@ class PhaseKernels:
         for name in ("input_grad", "weight_grad"):
             if getattr(self, name) not in GRAD_KERNELS:
                 raise ValueError(f"{name}={getattr(self, name)!r} is not one of {GRAD_KERNELS}")
+        for name in ("batch_chunks", "forward_chunks"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name}={value!r} must be a positive int")
         gemm = [k for k in (self.forward, self.input_grad, self.weight_grad) if "gemm" in k]
         if gemm and self.lowering != "gemm":
             raise ValueError(
@@ -138,6 +146,8 @@ class PhaseKernels:
         g = grads[self.input_grad]
         if self.weight_grad != self.input_grad:
             g = f"{g} / {grads[self.weight_grad]}"
+        if self.forward.startswith("gemm") and self.forward_chunks > self.batch_chunks:
+            fwd = f"{fwd} in {self.forward_chunks} batch chunks"
         chunks = f", in {self.batch_chunks} batch chunks" if self.batch_chunks > 1 else ""
         return f"{fwd}, {g}{chunks}"
 
@@ -240,7 +250,9 @@ def _phase_kernels(spec, dtype, *, backend, on_mesh, strategy, autotune) -> Phas
         _choose_kernels(spec, dtype, backend=backend, on_mesh=on_mesh, strategy=strategy), spec
     )
     if kernels.lowering == "gemm":
-        kernels = dataclasses.replace(kernels, batch_chunks=_cost.batch_chunks(spec, dtype))
+        chunks = _cost.batch_chunks(spec, dtype)
+        fwd = _cost.forward_chunks(spec, dtype) if kernels.forward.startswith("gemm") else chunks
+        kernels = dataclasses.replace(kernels, batch_chunks=chunks, forward_chunks=fwd)
     return kernels
 
 

@@ -69,7 +69,7 @@ __all__ = [
 # convolution kernels keep the grouped convolution, which XLA's partitioner and cuDNN
 # take as it is. The GEMM kernels also run on kernels.batch_chunks chunks of the batch,
 # one after another, where their buffers would be too large for the whole batch
-# (by_batch).
+# (by_batch), the forward on kernels.forward_chunks (where its cols would pass 32 MiB).
 
 
 def _pieces(one_group, spec, chunks, operands, out):
@@ -91,7 +91,7 @@ def _forward_impl(x, w, *, spec, kernels, precision, preferred_element_type):
         return _pieces(
             lambda x, w, sub: gemm.forward(x, w, spec=sub, nhwc=nhwc, batched=batched, **kw),
             spec,
-            kernels.batch_chunks,
+            max(kernels.forward_chunks, kernels.batch_chunks),
             [(x, "act"), (w, "weight")],
             "act",
         )
