@@ -281,7 +281,7 @@ def test_forward_chunks_past_32_mib_of_cols(rng, monkeypatch):
     k = phase_kernels(wavegan, np.float32)
     if k.forward.startswith("gemm"):
         assert (k.forward_chunks, k.batch_chunks) == (4, 1)
-        assert "in 4 batch chunks, im2col" in k.label
+        assert "(in 4 batch chunks undifferentiated), im2col" in k.label
     with pytest.raises(ValueError, match="forward_chunks=0"):
         PhaseKernels("gemm", "gemm_cols", "gemm_cols", "gemm_cols", forward_chunks=0)
     # the same rule on a small layer, its bounds made small
@@ -298,6 +298,21 @@ def test_forward_chunks_past_32_mib_of_cols(rng, monkeypatch):
             assert "while" in f.lower(x, w).as_text()  # lax.map over the chunks
             y = f(x, w)
         np.testing.assert_allclose(y, numpy_reference(x, w, spec), rtol=1e-10, atol=1e-10)
+        # differentiated, the forward runs whole (chunked it would not fuse with the
+        # gradients: slower, more temporaries); the gradients are the same
+        g = rng.standard_normal(spec.output_shape)
+
+        def value_and_vjp(x, w, g, k=kern):
+            y, back = jax.vjp(lambda x, w: _bind(_phase.forward_p, x, w, spec, k), x, w)
+            return y, back(g)
+
+        with jax.enable_x64(True):
+            assert "while" not in jax.jit(value_and_vjp).lower(x, w, g).as_text()
+            y2, (dx, dw) = jax.jit(value_and_vjp)(x, w, g)
+        np.testing.assert_allclose(y2, y, rtol=1e-12, atol=1e-12)
+        dx_ref, dw_ref, _ = numpy_conv_transpose_vjp(x, w, g, spec)
+        np.testing.assert_allclose(dx, dx_ref, rtol=1e-10, atol=1e-10)
+        np.testing.assert_allclose(dw, dw_ref, rtol=1e-10, atol=1e-10)
     # a plan whose forward chunks do not divide the batch is refused before tracing
     plan = jaxdeconv.plan(x, w, stride=2, padding=1)
     kern = dataclasses.replace(plan.kernels, lowering="gemm", forward="gemm_cols", forward_chunks=4)

@@ -86,7 +86,8 @@ class PhaseKernels:
         too large to run whole (1: the whole batch at once).
       forward_chunks: the same for a GEMM forward kernel alone (at least
         ``batch_chunks``): more where its cols buffer would pass 32 MiB
-        (:func:`jaxdeconv._cost.forward_chunks`).
+        (:func:`jaxdeconv._cost.forward_chunks`), where the forward is not
+        differentiated (under ``jvp``/``grad`` it runs in ``batch_chunks``).
       fold_leading: run 3-d (and higher) phase convolutions as 2-d ones with the
         leading taps folded into channels (faster on XLA:CPU; off on a mesh,
         where the partitioner would gather the folded activation).
@@ -147,7 +148,7 @@ class PhaseKernels:
         if self.weight_grad != self.input_grad:
             g = f"{g} / {grads[self.weight_grad]}"
         if self.forward.startswith("gemm") and self.forward_chunks > self.batch_chunks:
-            fwd = f"{fwd} in {self.forward_chunks} batch chunks"
+            fwd = f"{fwd} (in {self.forward_chunks} batch chunks undifferentiated)"
         chunks = f", in {self.batch_chunks} batch chunks" if self.batch_chunks > 1 else ""
         return f"{fwd}, {g}{chunks}"
 
