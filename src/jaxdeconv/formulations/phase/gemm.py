@@ -204,7 +204,7 @@ IM2COL_CONCAT_MAX_SHIFTS = 9
 # im2col expands a dimension of more shifts than this by reshapes (:func:`_windows`), not
 # one slice per shift, each of which XLA:CPU materializes and compiles. Both gradients,
 # channels-first (2026-12-02, this 2-core machine): 1-d k255 stride 1 compiled in 8.8 s,
-# now 0.9; 2-d k9 s1 (4x32x32x32) 56 -> 40 ms and 81 -> 42 MiB of temporaries; 3-d k9 s1
+# now 0.2; 2-d k9 s1 (4x32x32x32) 56 -> 40 ms and 81 -> 42 MiB of temporaries; 3-d k9 s1
 # 6.6 -> 4.2 ms. With fewer shifts the slices run faster: reshapes everywhere made the
 # suite layers' gradients 1.1-3x slower (fcn8s channels-last 17 -> 53 ms), though G
 # alone, written to a buffer of its own, was often faster.
@@ -243,7 +243,7 @@ def im2col(a, spec, sp_axes, tap_at, settle=False):
         else:
             shape.append(ap.shape[ax])
     ap = ap.reshape(shape)
-    tap_axis = [pos[m] + 1 for m in range(n)]  # [.., in_m, k_m, ..] (two levels: k_m, in_m)
+    tap_axis = [pos[m] + 1 for m in range(n)]  # [.., in_m, k_m, ..] (_windows: k_m, in_m)
 
     def result(ap):
         rest = [ax for ax in range(ap.ndim) if ax not in tap_axis]
