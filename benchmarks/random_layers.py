@@ -145,17 +145,21 @@ def compile_layer(xs, ws, kw, channels_last=False):
     return out
 
 
-def _compile_main(opts, rng) -> None:
-    ratios: dict[str, list[float]] = {}
+def _drawn(opts, rng):
+    """``opts.layers`` layers drawn from ``rng`` (made depthwise with ``--depthwise``)."""
     done = 0
     while done < opts.layers:
         layer = draw(rng)
         if layer is not None and opts.depthwise:
             layer = as_depthwise(layer, rng)
-        if layer is None:
-            continue
-        done += 1
-        xs, ws, kw = layer
+        if layer is not None:
+            done += 1
+            yield layer
+
+
+def _compile_main(opts, rng) -> None:
+    ratios: dict[str, list[float]] = {}
+    for xs, ws, kw in _drawn(opts, rng):
         c = compile_layer(xs, ws, kw, opts.channels_last)
         row = []
         for mode in ("fwd", "fwd+bwd"):
@@ -197,15 +201,7 @@ def main() -> None:
     torch.set_num_threads(os.cpu_count() or 1)
     rng = np.random.default_rng(opts.seed)
     ratios: dict[str, list[float]] = {}
-    done = 0
-    while done < opts.layers:
-        layer = draw(rng)
-        if layer is not None and opts.depthwise:
-            layer = as_depthwise(layer, rng)
-        if layer is None:
-            continue
-        done += 1
-        xs, ws, kw = layer
+    for xs, ws, kw in _drawn(opts, rng):
         x, w, kw_jax, t = time_layer(rng, xs, ws, kw, opts.rounds, opts.channels_last, baselines)
         row = []
         for mode in ("fwd", "fwd+bwd"):
