@@ -270,7 +270,7 @@ def test_batch_chunks_match_numpy(chunks, cl, rng):
 
 
 def test_forward_chunks_past_32_mib_of_cols(rng, monkeypatch):
-    """The GEMM forward runs in batch chunks where its cols would pass 32 MiB (each call
+    """The GEMM forward runs in batch chunks where its cols would reach 32 MiB (each call
     would page in a fresh mapping); the gradients do not, and the values are the same."""
     wavegan = make_spec((16, 256, 256), (256, 128, 25), 4, 11, 1)  # 50 MiB of cols
     assert _cost.cols_bytes(wavegan, np.float32) > _cost.FORWARD_CHUNK_ABOVE
@@ -278,6 +278,8 @@ def test_forward_chunks_past_32_mib_of_cols(rng, monkeypatch):
     for batch, chunks in ((14, 7), (13, 13), (8, 1), (1, 1)):  # 25 MiB at N8: whole
         assert _cost.forward_chunks(dataclasses.replace(wavegan, batch=batch), "f4") == chunks
     assert _cost.forward_chunks(make_spec((16, 256, 8, 8), (256, 128, 4, 4), 2, 1), "f4") == 1
+    centernet = make_spec((8, 256, 16, 16), (256, 256, 4, 4), 2, 1)  # exactly 32 MiB
+    assert _cost.forward_chunks(centernet, np.float32) == 2
     k = phase_kernels(wavegan, np.float32)
     if k.forward.startswith("gemm"):
         assert (k.forward_chunks, k.batch_chunks) == (4, 1)

@@ -74,7 +74,7 @@ __all__ = [
 # The GEMM lowering's largest buffer (the im2col'd cotangent G or the forward's cols)
 # holds prod(kernel)/prod(stride) times the output. Never more than this.
 MAX_COLS_BYTES = 1 << 30
-# The forward's cols buffer, over 32 MiB, is a fresh mmap on every call (glibc serves
+# The forward's cols buffer, 32 MiB or more, is a fresh mmap on every call (glibc serves
 # allocations that large so; see the README's "Temporaries over 32 MiB"), paged in at
 # about 0.4 ms per MiB: the GEMM + col2im forward then runs in batch chunks of at most
 # FORWARD_CHUNK_BYTES of cols each (forward_chunks). 2026-12-02, this machine, the
@@ -82,7 +82,9 @@ MAX_COLS_BYTES = 1 << 30
 # k25 s4 256->128 (50 MiB, 4 chunks) 53-65 -> 44-48 ms, a 2-d k9 stride-1 32->64 at
 # 32x32, batch 8 (162 MiB, 8 chunks) 164 -> 63 ms, a k4 s2 128->64 at 32x32, batch 32
 # (128 MiB, 8 chunks) 128 -> 87 ms, Mask R-CNN's mask head (49 MiB, 4 chunks) 77 -> 64
-# ms. Under 32 MiB chunks gained nothing (tfgan.up2, 19 MiB: 9.4 -> 10.2 ms in 2) and
+# ms, CenterNet's k4 s2 256->256 at 16x16, batch 8 (exactly 32 MiB, its forward's only
+# temporary) 30-39 -> 26-28 ms in 2 chunks (twice, one of them with torch in the
+# process). Under 32 MiB chunks gained nothing (tfgan.up2, 19 MiB: 9.4 -> 10.2 ms in 2) and
 # the gradients, which build the im2col'd cotangent once per gradient in chunks, lost
 # (WaveGAN's 114 -> 139 ms), so only the forward chunks, and only above that size.
 FORWARD_CHUNK_ABOVE = 32 << 20
@@ -393,12 +395,12 @@ def batch_chunks(spec: ConvTransposeSpec, dtype) -> int:
 
 def forward_chunks(spec: ConvTransposeSpec, dtype) -> int:
     """Equal chunks of the batch the GEMM + col2im forward runs in: 1 while its cols
-    buffer is at most ``FORWARD_CHUNK_ABOVE``, else the fewest whose cols are at most
+    buffer is under ``FORWARD_CHUNK_ABOVE``, else the fewest whose cols are at most
     ``FORWARD_CHUNK_BYTES`` each (or one image each), and never fewer than
     :func:`batch_chunks`."""
     cols = cols_bytes(spec, dtype)
     least = batch_chunks(spec, dtype)
-    if cols <= FORWARD_CHUNK_ABOVE or spec.batch <= 1:
+    if cols < FORWARD_CHUNK_ABOVE or spec.batch <= 1:
         return least
     return next(
         (

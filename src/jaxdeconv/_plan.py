@@ -85,7 +85,7 @@ class PhaseKernels:
         after another, so that their buffers stay under ``MAX_COLS_BYTES`` on layers
         too large to run whole (1: the whole batch at once).
       forward_chunks: the same for a GEMM forward kernel alone (at least
-        ``batch_chunks``): more where its cols buffer would pass 32 MiB
+        ``batch_chunks``): more where its cols buffer would reach 32 MiB
         (:func:`jaxdeconv._cost.forward_chunks`), where the forward is not
         differentiated (under ``jvp``/``grad`` it runs in ``batch_chunks``).
       fold_leading: run 3-d (and higher) phase convolutions as 2-d ones with the

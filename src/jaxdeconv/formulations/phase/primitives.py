@@ -69,7 +69,7 @@ __all__ = [
 # convolution kernels keep the grouped convolution, which XLA's partitioner and cuDNN
 # take as it is. The GEMM kernels also run on kernels.batch_chunks chunks of the batch,
 # one after another, where their buffers would be too large for the whole batch
-# (by_batch), the forward on kernels.forward_chunks (where its cols would pass 32 MiB).
+# (by_batch), the forward on kernels.forward_chunks (where its cols would reach 32 MiB).
 
 
 def _pieces(one_group, spec, chunks, operands, out):
