@@ -293,7 +293,7 @@ def test_forward_chunks_past_32_mib_of_cols(rng, monkeypatch):
     assert _cost.forward_chunks(spec, np.float64) == 6
     x, w = rng.standard_normal(spec.input_shape), rng.standard_normal(spec.weight_shape)
     for fwd in ("gemm_cols", "gemm_cols_nhwc", "gemm_cols_batched"):
-        kern = _cost._kernels(spec, fwd, "gemm_cols", 1, _cost.forward_chunks(spec, np.float64))
+        kern = _cost._kernels(spec, fwd, "gemm_cols", np.float64)
         assert kern.forward_chunks == 6 and kern.batch_chunks == 1
         with jax.enable_x64(True):
             f = jax.jit(lambda x, w, k=kern: _bind(_phase.forward_p, x, w, spec, k))

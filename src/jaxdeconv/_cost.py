@@ -618,21 +618,14 @@ def _spec_key(spec: ConvTransposeSpec, dtype) -> str:
     return f"{np.dtype(dtype).name}:{spec!r}"
 
 
-def _kernels(spec: ConvTransposeSpec, fwd: str, grads: str, chunks: int = 1, fwd_chunks=None):
-    from ._plan import PhaseKernels, _bounded
+def _kernels(spec: ConvTransposeSpec, fwd: str, grads: str, dtype):
+    """Forward kernel ``fwd`` and gradient kernels ``grads``, bounded and in batch chunks
+    as the plan would run them."""
+    from ._plan import PhaseKernels, _bounded, _chunked
 
     lowering = "gemm" if "gemm" in fwd + grads else "conv"
-    gemm = lowering == "gemm"
-    fwd_chunks = chunks if fwd_chunks is None or not fwd.startswith("gemm") else fwd_chunks
-    kernels = PhaseKernels(
-        lowering,
-        fwd,
-        grads,
-        grads,
-        batch_chunks=chunks if gemm else 1,
-        forward_chunks=fwd_chunks if gemm else 1,
-    )
-    return _bounded(kernels, spec)  # as the plan would run them
+    kernels = PhaseKernels(lowering, fwd, grads, grads)
+    return _chunked(_bounded(kernels, spec), spec, dtype)
 
 
 def kernel_calls(spec: ConvTransposeSpec, dtype, fwd_kernels, grad_kernels) -> dict:
@@ -652,14 +645,13 @@ def kernel_calls(spec: ConvTransposeSpec, dtype, fwd_kernels, grad_kernels) -> d
         for shape in (spec.input_shape, spec.weight_shape, spec.output_shape)
     )
     params = dict(spec=spec, precision=None, preferred_element_type=None)
-    chunks = batch_chunks(spec, dtype)
     calls = {}
     for k in fwd_kernels:
-        kern = _kernels(spec, k, grad_kernels[0], chunks, forward_chunks(spec, dtype))
+        kern = _kernels(spec, k, grad_kernels[0], dtype)
         f = jax.jit(lambda x, w, kern=kern: prims.forward_p.bind(x, w, kernels=kern, **params))
         calls["forward", k] = lambda f=f: jax.block_until_ready(f(x, w))
     for k in grad_kernels:
-        kern = _kernels(spec, fwd_kernels[0], k, chunks)
+        kern = _kernels(spec, fwd_kernels[0], k, dtype)
 
         def both(x, w, g, kern=kern):
             dx = prims.input_grad_p.bind(g, w, kernels=kern, **params)

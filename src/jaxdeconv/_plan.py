@@ -250,11 +250,18 @@ def _phase_kernels(spec, dtype, *, backend, on_mesh, strategy, autotune) -> Phas
     kernels = _bounded(
         _choose_kernels(spec, dtype, backend=backend, on_mesh=on_mesh, strategy=strategy), spec
     )
-    if kernels.lowering == "gemm":
-        chunks = _cost.batch_chunks(spec, dtype)
-        fwd = _cost.forward_chunks(spec, dtype) if kernels.forward.startswith("gemm") else chunks
-        kernels = dataclasses.replace(kernels, batch_chunks=chunks, forward_chunks=fwd)
-    return kernels
+    return _chunked(kernels, spec, dtype)
+
+
+def _chunked(kernels: PhaseKernels, spec: ConvTransposeSpec, dtype) -> PhaseKernels:
+    """``kernels`` with the batch chunks the GEMM lowering runs ``spec`` in: all its
+    kernels in :func:`jaxdeconv._cost.batch_chunks`, a GEMM forward in
+    :func:`jaxdeconv._cost.forward_chunks` (at least as many)."""
+    if kernels.lowering != "gemm":
+        return kernels
+    chunks = _cost.batch_chunks(spec, dtype)
+    fwd = _cost.forward_chunks(spec, dtype) if kernels.forward.startswith("gemm") else chunks
+    return dataclasses.replace(kernels, batch_chunks=chunks, forward_chunks=fwd)
 
 
 def _bounded(kernels: PhaseKernels, spec: ConvTransposeSpec) -> PhaseKernels:
