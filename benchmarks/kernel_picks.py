@@ -33,12 +33,13 @@ from jaxdeconv._plan import ELEMENTWISE_CPU_FORWARD_MAX_OUT_PER_GROUP, elementwi
 from jaxdeconv.tools.bench import SUITE, interleaved_minima
 
 
-def _draw():
+def _random_layers():
+    """``random_layers.py``, beside this script, as a module (they are not a package)."""
     path = pathlib.Path(__file__).with_name("random_layers.py")
     spec = importlib.util.spec_from_file_location("random_layers", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return module.draw
+    return module
 
 
 # Layers whose GEMM buffers are large (stride 1 and wide kernels on small inputs, 3-d
@@ -65,11 +66,10 @@ LARGE = {
 def layers(seeds, per_seed, channels_last=False, large=False):
     """(group, name, input shape, weight shape, keyword arguments) of every layer."""
 
+    random_layers = _random_layers()
+
     def layout(xs, ws, kw):
-        if not channels_last:
-            return xs, ws, kw
-        xs, ws = (xs[0], *xs[2:], xs[1]), (*ws[2:], ws[0], ws[1])
-        return xs, ws, {**kw, "channels_last": True}
+        return random_layers.as_channels_last(xs, ws, kw) if channels_last else (xs, ws, kw)
 
     for name, layer in SUITE.items():
         spec = layer.spec()
@@ -77,14 +77,10 @@ def layers(seeds, per_seed, channels_last=False, large=False):
     if large:
         for name, layer in LARGE.items():
             yield "large", name, *layout(*layer)
-    draw = _draw()
     for seed in seeds:
-        rng, done = np.random.default_rng(seed), 0
-        while done < per_seed:
-            drawn = draw(rng)
-            if drawn is not None:
-                done += 1
-                yield f"seed {seed}", f"{seed}.{done}", *layout(*drawn)
+        layers = random_layers.drawn(np.random.default_rng(seed), per_seed)
+        for done, drawn in enumerate(layers, 1):
+            yield f"seed {seed}", f"{seed}.{done}", *layout(*drawn)
 
 
 def time_kernels(spec, rounds):

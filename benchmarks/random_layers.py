@@ -122,8 +122,7 @@ def compile_layer(xs, ws, kw, channels_last=False):
     import time
 
     if channels_last:
-        xs, ws = (xs[0], *xs[2:], xs[1]), (*ws[2:], ws[0], ws[1])
-        kw = {**kw, "channels_last": True}
+        xs, ws, kw = as_channels_last(xs, ws, kw)
     x, w = jnp.ones(xs, jnp.float32), jnp.ones(ws, jnp.float32)
     out = {}
     for method in ("auto", "lhs_dilated"):
@@ -145,21 +144,28 @@ def compile_layer(xs, ws, kw, channels_last=False):
     return out
 
 
-def _drawn(opts, rng):
-    """``opts.layers`` layers drawn from ``rng`` (made depthwise with ``--depthwise``)."""
+def drawn(rng: np.random.Generator, count: int, depthwise: bool = False):
+    """``count`` layers drawn from ``rng`` (:func:`draw`; each made depthwise with
+    ``depthwise``)."""
     done = 0
-    while done < opts.layers:
+    while done < count:
         layer = draw(rng)
-        if layer is not None and opts.depthwise:
+        if layer is not None and depthwise:
             layer = as_depthwise(layer, rng)
         if layer is not None:
             done += 1
             yield layer
 
 
+def as_channels_last(xs, ws, kw):
+    """A drawn layer's shapes and arguments channels-last: ``[N, *spatial, C_in]`` and
+    ``[*kernel, C_in, C_out / groups]``."""
+    return (xs[0], *xs[2:], xs[1]), (*ws[2:], ws[0], ws[1]), {**kw, "channels_last": True}
+
+
 def _compile_main(opts, rng) -> None:
     ratios: dict[str, list[float]] = {}
-    for xs, ws, kw in _drawn(opts, rng):
+    for xs, ws, kw in drawn(rng, opts.layers, opts.depthwise):
         c = compile_layer(xs, ws, kw, opts.channels_last)
         row = []
         for mode in ("fwd", "fwd+bwd"):
@@ -201,7 +207,7 @@ def main() -> None:
     torch.set_num_threads(os.cpu_count() or 1)
     rng = np.random.default_rng(opts.seed)
     ratios: dict[str, list[float]] = {}
-    for xs, ws, kw in _drawn(opts, rng):
+    for xs, ws, kw in drawn(rng, opts.layers, opts.depthwise):
         x, w, kw_jax, t = time_layer(rng, xs, ws, kw, opts.rounds, opts.channels_last, baselines)
         row = []
         for mode in ("fwd", "fwd+bwd"):
