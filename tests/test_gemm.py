@@ -280,10 +280,10 @@ def test_forward_chunks_past_32_mib_of_cols(rng, monkeypatch):
     assert _cost.forward_chunks(make_spec((16, 256, 8, 8), (256, 128, 4, 4), 2, 1), "f4") == 1
     centernet = make_spec((8, 256, 16, 16), (256, 256, 4, 4), 2, 1)  # exactly 32 MiB
     assert _cost.forward_chunks(centernet, np.float32) == 2
-    k = phase_kernels(wavegan, np.float32)
-    if k.forward.startswith("gemm"):
-        assert (k.forward_chunks, k.batch_chunks) == (4, 1)
-        assert "(in 4 batch chunks undifferentiated), im2col" in k.label
+    k = _cost._kernels(wavegan, "gemm_cols_nhwc", "gemm_cols", np.float32)  # as planned
+    assert (k.forward_chunks, k.batch_chunks) == (4, 1)
+    assert "(in 4 batch chunks undifferentiated), im2col" in k.label
+    assert _cost._kernels(wavegan, "subpixel", "gemm_cols", np.float32).forward_chunks == 1
     with pytest.raises(ValueError, match="forward_chunks=0"):
         PhaseKernels("gemm", "gemm_cols", "gemm_cols", "gemm_cols", forward_chunks=0)
     # the same rule on a small layer, its bounds made small
