@@ -77,16 +77,15 @@ MAX_COLS_BYTES = 1 << 30
 # The forward's cols buffer, 32 MiB or more, is a fresh mmap on every call (glibc serves
 # allocations that large so; see the README's "Temporaries over 32 MiB"), paged in at
 # about 0.4 ms per MiB: the GEMM + col2im forward then runs in batch chunks of at most
-# FORWARD_CHUNK_BYTES of cols each (forward_chunks). 2026-12-02, this machine, the
-# forward alone, whole batch against chunks, in a process without torch: WaveGAN's
-# k25 s4 256->128 (50 MiB, 4 chunks) 53-65 -> 44-48 ms, a 2-d k9 stride-1 32->64 at
-# 32x32, batch 8 (162 MiB, 8 chunks) 164 -> 63 ms, a k4 s2 128->64 at 32x32, batch 32
-# (128 MiB, 8 chunks) 128 -> 87 ms, Mask R-CNN's mask head (49 MiB, 4 chunks) 77 -> 64
-# ms, CenterNet's k4 s2 256->256 at 16x16, batch 8 (exactly 32 MiB, its forward's only
-# temporary) 30-39 -> 26-28 ms in 2 chunks (twice, one of them with torch in the
-# process). Under 32 MiB chunks gained nothing (tfgan.up2, 19 MiB: 9.4 -> 10.2 ms in 2) and
-# the gradients, which build the im2col'd cotangent once per gradient in chunks, lost
-# (WaveGAN's 114 -> 139 ms), so only the forward chunks, and only above that size.
+# FORWARD_CHUNK_BYTES of cols each (forward_chunks). The forward alone, whole against
+# chunked, interleaved in one process (2026-12-02 06:07 UTC, load 0.17, this machine):
+# WaveGAN's k25 s4 256->128 (50 MiB, 4 chunks) 53.7 -> 41.2 ms, Mask R-CNN's mask head
+# (49 MiB, 4) 65.8 -> 59.4 ms, CenterNet's k4 s2 256->256 at 16x16, batch 8 (exactly 32
+# MiB, its forward's only temporary; 2) 44.2 -> 34.2 ms, a k4 s2 128->64 at 32x32, batch
+# 32 (128 MiB, 8) 108.5 -> 90.3 ms. Under 32 MiB chunks gained nothing (tfgan.up2, 19
+# MiB: 9.4 -> 10.2 ms in 2) and the gradients, which build the im2col'd cotangent once
+# per gradient in chunks, lost (WaveGAN's 114 -> 139 ms; both at load 1-1.5), so only
+# the forward chunks, and only from that size.
 FORWARD_CHUNK_ABOVE = 32 << 20
 FORWARD_CHUNK_BYTES = 16 << 20
 # Channels-first layers may run the im2col GEMM kernels channels-last ("_nhwc"), the
@@ -100,10 +99,10 @@ FORWARD_CHUNK_BYTES = 16 << 20
 # interleave) are not candidates beyond these counts: compile time would grow.
 MAX_UNROLLED = 64
 # Within that bound the phase convolutions (one per window shape, then one slice per
-# phase into the interleave) still compile for a while: 0.6-1.1 s at 9-36 phases, 2.2 s
-# at 64 (3-d k7 s4), against 0.1-0.2 s for the sub-pixel convolution, which ran as fast
-# or faster on nine of ten layers (3-d k5 s3: 0.73 against 0.83 ms; 2026-12-02, this
-# machine). On one CPU they are a forward candidate only up to this many phases (the
+# phase into the interleave) still compile for a while: 0.55-1.4 s at 9-36 phases, 3.1
+# s at 64 (3-d k7 s4), against 0.11-0.18 s for the sub-pixel convolution, which ran
+# within 8% of them or faster on all ten layers timed (2026-12-02 06:12 UTC, load 0.8,
+# this machine). On one CPU they are a forward candidate only up to this many phases (the
 # recorded kernel times: the picks' forward scores unchanged, seed 41's 1.126x ->
 # 1.113x). The phase GEMM gradients compile about 15 ms per op (3-d k4 s2, 72 ops:
 # 1.1 s, lax's autodiff 0.3 s) but ran up to 7.7x faster than the im2col GEMMs on

@@ -203,11 +203,13 @@ def col2im(c, spec, tap_axes, in_axes, acc):
 IM2COL_CONCAT_MAX_SHIFTS = 9
 # im2col expands a dimension of more shifts than this by reshapes (:func:`_windows`), not
 # one slice per shift, each of which XLA:CPU materializes and compiles. Both gradients,
-# channels-first (2026-12-02, this 2-core machine): 1-d k255 stride 1 compiled in 8.8 s,
-# now 0.2; 2-d k9 s1 (4x32x32x32) 56 -> 40 ms and 81 -> 42 MiB of temporaries; 3-d k9 s1
-# 6.6 -> 4.2 ms. With fewer shifts the slices run faster: reshapes everywhere made the
-# suite layers' gradients 1.1-3x slower (fcn8s channels-last 17 -> 53 ms), though G
-# alone, written to a buffer of its own, was often faster.
+# channels-first, interleaved (2026-12-02 06:13 UTC, load 0.6, this 2-core machine):
+# 2-d k9 s1 (4x32x32x32) 81 -> 52 ms, 81 -> 42 MiB of temporaries, compiled in 1.1 ->
+# 0.3 s; 3-d k9 s1 9.0 -> 4.6 ms; 2-d k31 s1 10.5 -> 6.5 ms, compiled in 3.3 -> 0.3 s
+# (computed channels-last, "_nhwc", 5.8 -> 9.2 ms: the transposed cotangent fused into
+# the loop; 1-d k64 0.61 -> 1.08). With fewer shifts the slices run faster: reshapes
+# everywhere made the suite layers' gradients 1.1-3x slower (fcn8s channels-last 17 ->
+# 53 ms, load 1.6), though G alone, written to a buffer of its own, was often faster.
 IM2COL_WINDOWS_SHIFTS = 8
 # col2im with more shifts than this overlap-adds one dimension at a time (materialized)
 # instead of one fused sum of every shift's plane. The fused sum stays faster far longer
